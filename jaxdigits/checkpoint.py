@@ -1,0 +1,274 @@
+"""Checkpoints and run folders: safetensors arrays + JSON, written atomically, loaded with checks.
+
+No pickle anywhere. Every array file records a format name and version, the config it belongs to
+and a SHA-256 of its tensors; loading checks all three and the array names and shapes, so a
+truncated, corrupted or mismatched file is refused with one clear ``CheckpointError``.
+
+A run folder (``--out``) holds:
+    params.safetensors       final parameters (self-describing: config inside)
+    run.json                 config, final metrics, library versions, device
+    history.json             one record per epoch
+    checkpoint.safetensors   params, optimizer state, RNG key, epoch and history after the last
+                             complete epoch, for ``--resume``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxdigits.config import TrainConfig
+from jaxdigits.errors import CheckpointError, ConfigError, RunFolderError
+from jaxdigits.model import Params
+
+FORMAT_VERSION = 1
+PARAMS_FORMAT = "jaxdigits-params"
+TRAINING_FORMAT = "jaxdigits-training-state"
+PARAMS_FILE = "params.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.json"
+RUN_FILES = (PARAMS_FILE, CHECKPOINT_FILE, RUN_FILE, HISTORY_FILE)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over
+    ``path``; a crash at any point leaves the previous file intact.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    """``write_atomic`` of ``value`` as indented JSON."""
+    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def environment_info() -> dict[str, str]:
+    """Versions of the libraries that produced a result, and the device it ran on."""
+    info = {}
+    for package in ("jaxdigits", "jax", "jaxlib", "optax", "numpy"):
+        try:
+            info[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            info[package] = "unknown"
+    device = jax.devices()[0]
+    info.update(platform=device.platform, device_kind=device.device_kind, python=platform.python_version())
+    return info
+
+
+def _digest(tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])
+        h.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def save_arrays(path: str | os.PathLike, tensors: dict[str, Any], fmt: str, info: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` as safetensors with ``info`` (JSON) and a digest in its header."""
+    from safetensors.numpy import save
+
+    # copy(order="C") keeps 0-d arrays 0-d, unlike np.ascontiguousarray.
+    arrays = {name: np.asarray(value).copy(order="C") for name, value in tensors.items()}
+    header = {"format": fmt, "format_version": str(FORMAT_VERSION), "sha256": _digest(arrays), "info": json.dumps(info)}
+    write_atomic(path, save(arrays, metadata=header))
+
+
+def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by ``save_arrays``, checking its format, version and digest."""
+    from safetensors.numpy import load
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    try:
+        tensors = load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+    except Exception as exc:  # safetensors reports truncation and garbage in several ways
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupted ({exc})") from None
+    if header.get("format") != fmt:
+        raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {fmt!r}")
+    if header.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path}: format version {header.get('format_version')!r}; this jaxdigits reads version {FORMAT_VERSION}"
+        )
+    if header.get("sha256") != _digest(tensors):
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupted")
+    try:
+        info = json.loads(header["info"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: header has no readable info") from None
+    return tensors, info
+
+
+def params_to_tensors(params: Params, prefix: str = "params") -> dict[str, np.ndarray]:
+    """``{"params.0.w": (784, 16), "params.0.b": (16,), ...}`` numpy arrays."""
+    return {f"{prefix}.{i}.{k}": np.asarray(layer[k]) for i, layer in enumerate(params) for k in ("w", "b")}
+
+
+def params_from_tensors(tensors: dict[str, np.ndarray], sizes: tuple[int, ...], path: Path, prefix: str = "params") -> Params:
+    """The params pytree from ``tensors``, checking names and shapes against ``sizes``."""
+    params = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layer = {}
+        for key, shape in (("w", (fan_in, fan_out)), ("b", (fan_out,))):
+            name = f"{prefix}.{i}.{key}"
+            if name not in tensors:
+                raise CheckpointError(f"{path}: missing array {name!r} for sizes {list(sizes)}")
+            if tensors[name].shape != shape or tensors[name].dtype != np.float32:
+                raise CheckpointError(
+                    f"{path}: array {name!r} is {tensors[name].dtype}{list(tensors[name].shape)}, "
+                    f"expected float32{list(shape)} for sizes {list(sizes)}"
+                )
+            layer[key] = jax.numpy.asarray(tensors[name])
+        params.append(layer)
+    expected = 2 * len(params)
+    if sum(name.startswith(prefix + ".") for name in tensors) != expected:
+        raise CheckpointError(f"{path}: holds more layers than sizes {list(sizes)} describe")
+    return params
+
+
+def save_params(path: str | os.PathLike, params: Params, config: TrainConfig, info: dict[str, Any] | None = None) -> None:
+    """Save params with their config (and any ``info``) so the file alone can be evaluated."""
+    save_arrays(path, params_to_tensors(params), PARAMS_FORMAT, {"config": config.to_dict(), **(info or {})})
+
+
+def resolve_params_path(path: str | os.PathLike) -> Path:
+    """A params file, or the ``params.safetensors`` inside a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PARAMS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such params file; give a run's --out folder or its {PARAMS_FILE}")
+    return path
+
+
+def _config_from_info(info: dict[str, Any], path: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(info["config"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: recorded config is unreadable ({exc})") from None
+
+
+def load_params(path: str | os.PathLike) -> tuple[Params, TrainConfig, dict[str, Any]]:
+    """``(params, config, info)`` from a params file or a run folder, validated."""
+    path = resolve_params_path(path)
+    tensors, info = load_arrays(path, PARAMS_FORMAT)
+    config = _config_from_info(info, path)
+    return params_from_tensors(tensors, config.sizes, path), config, info
+
+
+def _differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
+    a, b = saved.to_dict(), given.to_dict()
+    return [f"{k} {a[k]} (saved) vs {b[k]}" for k in a if k != "epochs" and a[k] != b[k]]
+
+
+class RunFolder:
+    """The ``--out`` folder of one training run: claims it, checkpoints into it, resumes from it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def holds_run(self) -> bool:
+        """Whether the folder already holds files of a run."""
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def claim(self, overwrite: bool = False) -> None:
+        """Make the folder ready for a new run; refuse one that holds another run unless ``overwrite``."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path}: --out must be a folder, and this is a file")
+        if self.holds_run():
+            if not overwrite:
+                raise RunFolderError(
+                    f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
+                )
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def save_training(self, config: TrainConfig, state, history: list[dict]) -> None:
+        """Atomically checkpoint everything needed to resume after the last complete epoch."""
+        leaves = jax.tree_util.tree_leaves(state.opt_state)
+        tensors = params_to_tensors(state.params)
+        tensors.update({f"opt_state.{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+        tensors["rng.seed_key"] = np.asarray(jax.random.PRNGKey(config.seed))
+        info = {"config": config.to_dict(), "epoch": len(history), "history": history}
+        save_arrays(self.path / CHECKPOINT_FILE, tensors, TRAINING_FORMAT, info)
+        write_json_atomic(self.path / HISTORY_FILE, history)
+
+    def load_training(self, config: TrainConfig, template) -> tuple[Any, list[dict]]:
+        """``(state, history)`` from the checkpoint; ``template`` is a fresh state of the same config."""
+        path = self.path / CHECKPOINT_FILE
+        if not path.is_file():
+            raise RunFolderError(f"{self.path}: no checkpoint to resume from; run without --resume to start")
+        tensors, info = load_arrays(path, TRAINING_FORMAT)
+        saved = _config_from_info(info, path)
+        differences = _differences(saved, config)
+        if differences:
+            raise ConfigError(
+                f"--resume with a different config ({'; '.join(differences)}); drop those flags or use a new --out"
+            )
+        if not np.array_equal(tensors.get("rng.seed_key"), np.asarray(jax.random.PRNGKey(config.seed))):
+            raise CheckpointError(f"{path}: RNG key does not match seed {config.seed}")
+        params = params_from_tensors(tensors, config.sizes, path)
+        leaves, treedef = jax.tree_util.tree_flatten(template.opt_state)
+        restored = []
+        for i, leaf in enumerate(leaves):
+            array = tensors.get(f"opt_state.{i}")
+            if array is None or array.shape != np.shape(leaf) or array.dtype != np.asarray(leaf).dtype:
+                raise CheckpointError(f"{path}: optimizer state does not match optimizer {config.optimizer!r}")
+            restored.append(jax.numpy.asarray(array))
+        history = info.get("history")
+        if not isinstance(history, list) or len(history) != info.get("epoch"):
+            raise CheckpointError(f"{path}: history does not match the recorded epoch")
+        return type(template)(params, jax.tree_util.tree_unflatten(treedef, restored)), history
+
+    def save_result(self, config: TrainConfig, params: Params, history: list[dict], diverged: bool) -> None:
+        """Write the final params, ``run.json`` (config, metrics, versions) and ``history.json``."""
+        finished = [h for h in history if not h.get("diverged")]
+        metrics = {
+            "epochs_completed": len(finished),
+            "diverged": diverged,
+            "test_accuracy": finished[-1]["test_accuracy"] if finished else None,
+            "train_accuracy": finished[-1]["train_accuracy"] if finished else None,
+            "cost": finished[-1]["cost"] if finished else None,
+        }
+        environment = environment_info()
+        save_params(self.path / PARAMS_FILE, params, config, {"metrics": metrics, "environment": environment})
+        write_json_atomic(
+            self.path / RUN_FILE,
+            {"config": config.to_dict(), "metrics": metrics, "environment": environment},
+        )
+        write_json_atomic(self.path / HISTORY_FILE, history)

@@ -1,0 +1,234 @@
+"""Data loading: MNIST-style IDX files from a folder or through tensorflow-datasets, and PNGs.
+
+Every loader returns numpy arrays in one form: images ``(N, 784) float32`` in [0, 1] and labels
+``(N,) int32`` in 0..9. Problems with the data raise ``DataError`` with a one-line message that
+names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxdigits.errors import DataError
+
+DATA_DIR_ENV = "JAXDIGITS_DATA_DIR"
+DATASETS = ("mnist", "fashion_mnist")
+IMAGE_SIDE = 28
+NUM_CLASSES = 10
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_UBYTE_TYPE_CODE = 0x08
+# Deflate cannot compress better than about 1032:1, so a gzip file of c bytes holds at most
+# this many times c bytes: a header that claims more is lying and is refused before reading.
+_MAX_GZIP_RATIO = 1100
+
+
+class Dataset(NamedTuple):
+    """Train and test splits: images ``(N, 784) float32`` in [0, 1], labels ``(N,) int32``."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
+    """Read one unsigned-byte IDX file (optionally gzip-compressed) into a uint8 array.
+
+    Checks the magic number, the number of dimensions (when ``ndim`` is given) and that the file
+    holds exactly as many bytes as its header declares; never reads more than that.
+    """
+    path = Path(path)
+    try:
+        stored_size = path.stat().st_size
+        compressed = path.suffix == ".gz"
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4:
+                raise DataError(f"{path}: file is empty or truncated inside its header")
+            if magic[0] != 0 or magic[1] != 0 or magic[2] != _UBYTE_TYPE_CODE or magic[3] == 0:
+                raise DataError(
+                    f"{path}: wrong magic number 0x{magic.hex()}; expected an unsigned-byte IDX "
+                    "file (0x00000801 for labels, 0x00000803 for images)"
+                )
+            file_ndim = magic[3]
+            if ndim is not None and file_ndim != ndim:
+                raise DataError(f"{path}: wrong dimensions: has {file_ndim}, expected {ndim}")
+            header = f.read(4 * file_ndim)
+            if len(header) < 4 * file_ndim:
+                raise DataError(f"{path}: truncated inside its header")
+            dims = tuple(int(d) for d in np.frombuffer(header, dtype=">u4"))
+            size = int(np.prod(dims, dtype=object))
+            capacity = stored_size * _MAX_GZIP_RATIO if compressed else stored_size - 4 - len(header)
+            if size > capacity:
+                raise DataError(
+                    f"{path}: truncated: header declares {dims} = {size} bytes, "
+                    f"more than the file can hold"
+                )
+            body = f.read(size + 1)
+    except DataError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: corrupt gzip data ({exc}); download the file again") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if len(body) < size:
+        raise DataError(f"{path}: truncated: header declares {size} data bytes, file has {len(body)}")
+    if len(body) > size:
+        raise DataError(f"{path}: has bytes after the {size} its header declares; not an IDX file")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def find_idx_file(folder: Path, stem: str) -> Path:
+    """The path of ``stem`` or ``stem.gz`` in ``folder``."""
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{folder}: no {stem}[.gz]; the folder must hold the four MNIST-format IDX files "
+        f"({', '.join(IDX_FILES.values())})"
+    )
+
+
+def images_from_idx(raw: np.ndarray, path: Path) -> np.ndarray:
+    """``(N, 28, 28) uint8`` -> ``(N, 784) float32`` in [0, 1]."""
+    if raw.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(f"{path}: wrong image dimensions {raw.shape[1:]}, expected (28, 28)")
+    return raw.reshape(len(raw), IMAGE_SIDE * IMAGE_SIDE).astype(np.float32) / 255.0
+
+
+def labels_from_idx(raw: np.ndarray, path: Path) -> np.ndarray:
+    """``(N,) uint8`` -> ``(N,) int32``, checking every label is a digit 0..9."""
+    if raw.size and int(raw.max()) >= NUM_CLASSES:
+        raise DataError(f"{path}: label {int(raw.max())} is out of range; labels must be 0..9")
+    return raw.astype(np.int32)
+
+
+def load_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images ``(N, 784)`` and labels ``(N,)`` from its two IDX files."""
+    images = images_from_idx(read_idx(images_path, ndim=3), images_path)
+    labels = labels_from_idx(read_idx(labels_path, ndim=1), labels_path)
+    if len(images) != len(labels):
+        raise DataError(
+            f"{labels_path}: {len(labels)} labels but {images_path.name} has {len(images)} images"
+        )
+    if len(images) == 0:
+        raise DataError(f"{images_path}: holds no images")
+    return images, labels
+
+
+def load_idx_files(paths: dict[str, Path]) -> Dataset:
+    """A ``Dataset`` from the four IDX files named by ``IDX_FILES``' keys."""
+    train = load_split(paths["train_images"], paths["train_labels"])
+    test = load_split(paths["test_images"], paths["test_labels"])
+    return Dataset(*train, *test)
+
+
+def load_idx_folder(folder: str | os.PathLike) -> Dataset:
+    """A ``Dataset`` from a folder with the four standard IDX files (``.gz`` or not)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder does not exist; pass --data-dir DIR with the IDX files")
+    return load_idx_files({key: find_idx_file(folder, stem) for key, stem in IDX_FILES.items()})
+
+
+def download_idx_files(urls: dict[str, str], url_infos: dict, download_dir: Path) -> dict[str, Path]:
+    """Download (or reuse from TFDS's cache) and checksum-verify the IDX files at ``urls``.
+
+    Uses ``tfds.download.DownloadManager``, which needs no TensorFlow: files land in
+    ``download_dir`` under TFDS's own naming, so a later call (or TFDS itself) reuses them.
+    """
+    import tensorflow_datasets as tfds
+
+    manager = tfds.download.DownloadManager(
+        download_dir=download_dir, url_infos=url_infos, force_checksums_validation=True
+    )
+    return {key: Path(path) for key, path in manager.download(urls).items()}
+
+
+def tfds_download_dir() -> Path:
+    """TFDS's download cache: ``$TFDS_DATA_DIR/downloads`` (default ``~/tensorflow_datasets``)."""
+    from tensorflow_datasets.core import constants
+
+    return Path(os.environ.get("TFDS_DATA_DIR", constants.DATA_DIR)).expanduser() / "downloads"
+
+
+def fetch_with_tfds(name: str) -> dict[str, Path]:
+    """Paths of ``name``'s four IDX files, downloaded through TFDS from the mirror TFDS uses."""
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder_cls(name)
+        urls = {key: builder.URL + f"{stem}.gz" for key, stem in IDX_FILES.items()}
+        return download_idx_files(urls, builder.url_infos, tfds_download_dir())
+    except Exception as exc:  # network, checksum or TFDS failures all end the same way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"could not download {name} through tensorflow-datasets ({reason[:200]}); if this "
+            f"machine is offline, pass --data-dir DIR (or set {DATA_DIR_ENV}) to a folder with "
+            "the four IDX files"
+        ) from None
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, name: str = "mnist") -> Dataset:
+    """MNIST (or ``name="fashion_mnist"``) as a ``Dataset`` of numpy arrays.
+
+    Reads the IDX files in ``data_dir`` or ``$JAXDIGITS_DATA_DIR`` when either is set; otherwise
+    downloads them once through tensorflow-datasets' download manager into TFDS's cache.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
+    if data_dir is not None:
+        return load_idx_folder(data_dir)
+    return load_idx_files(fetch_with_tfds(name))
+
+
+def load_digit_image(path: str | os.PathLike) -> np.ndarray:
+    """A PNG (any size, dark or light background) as one MNIST-style ``(784,) float32`` image.
+
+    The image is turned to grey, inverted if its background is light (MNIST digits are light on
+    dark), cropped to the ink, scaled so its longer side is 20 pixels and placed in a 28x28 frame
+    with its centre of mass at the centre, as the MNIST digits were prepared.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
+    if background > 0.5:
+        grey, background = 1.0 - grey, 1.0 - background
+    grey = np.clip((grey - background) / max(1.0 - background, 1e-6), 0.0, 1.0)
+    rows, cols = np.nonzero(grey > 0.1)
+    if len(rows) == 0:
+        raise DataError(f"{path}: image is blank; draw a digit on a plain background")
+    ink = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = 20.0 / max(ink.shape)
+    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
+    small = np.asarray(
+        Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS),
+        dtype=np.float32,
+    ) / 255.0
+    frame = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
+    top, left = (IMAGE_SIDE - small.shape[0]) // 2, (IMAGE_SIDE - small.shape[1]) // 2
+    frame[top : top + small.shape[0], left : left + small.shape[1]] = small
+    total = frame.sum()
+    ys, xs = np.indices(frame.shape)
+    shift_y = int(round(IMAGE_SIDE / 2 - 0.5 - (ys * frame).sum() / total))
+    shift_x = int(round(IMAGE_SIDE / 2 - 0.5 - (xs * frame).sum() / total))
+    frame = np.roll(frame, (shift_y, shift_x), axis=(0, 1))
+    return np.clip(frame, 0.0, 1.0).reshape(-1)
