@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jaxdigits.data import DATA_DIR_ENV, Dataset, load_idx_folder
+from jaxdigits.data import DATA_DIR_ENV, IDX_FILES, Dataset, load_idx_folder
 
 REQUIRE_DATA_ENV = "JAXDIGITS_REQUIRE_DATA"
 
@@ -60,3 +61,35 @@ def synthetic_dataset(num_train: int = 200, num_test: int = 50, seed: int = 0) -
 @pytest.fixture
 def tiny_data() -> Dataset:
     return synthetic_dataset()
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: magic 0x0000 08 <ndim>, big-endian dims, raw bytes."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + array.tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``."""
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def write_idx_folder(folder: Path, dataset: Dataset, compress: bool = True) -> Path:
+    """Write a ``Dataset`` as the four standard IDX files in ``folder`` (images rounded to bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    for key, stem in IDX_FILES.items():
+        values = getattr(dataset, key)
+        if key.endswith("images"):
+            values = np.round(values.reshape(-1, 28, 28) * 255)
+        write_idx(folder / f"{stem}{suffix}", values)
+    return folder
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path) -> Path:
+    """A folder holding ``synthetic_dataset()`` as the four gzip-compressed IDX files."""
+    return write_idx_folder(tmp_path / "tiny_idx", synthetic_dataset())
