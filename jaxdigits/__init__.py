@@ -12,13 +12,13 @@ from jaxdigits.costs import COSTS, CrossEntropyCost, QuadraticCost, cross_entrop
 from jaxdigits.data import Dataset, load_digit_image, load_mnist, read_idx
 from jaxdigits.errors import CheckpointError, ConfigError, DataError, JaxdigitsError, RunFolderError
 from jaxdigits.model import LESSON_SIZES, accuracy, forward, init_mlp, predict
-from jaxdigits.train import TrainResult, TrainState, init_state, make_epoch, make_optimizer, make_step, train
+from jaxdigits.train import TrainResult, TrainState, init_state, make_epoch, make_optimizer, make_step, run_keys, train
 
 __all__ = [
     "COSTS", "CheckpointError", "ConfigError", "CrossEntropyCost", "DataError", "Dataset",
     "JaxdigitsError", "LESSON_SIZES", "QuadraticCost", "RunFolderError", "TrainConfig",
     "TrainResult", "TrainState", "accuracy", "cross_entropy_cost", "forward", "init_mlp",
     "init_state", "load_digit_image", "load_mnist", "load_params", "make_epoch", "make_optimizer",
-    "make_step", "mean_cost", "predict", "quadratic_cost", "read_idx", "save_params", "train",
+    "make_step", "mean_cost", "predict", "quadratic_cost", "read_idx", "run_keys", "save_params", "train",
     "validate_config",
 ]
