@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +32,8 @@ _UBYTE_TYPE_CODE = 0x08
 # Deflate cannot compress better than about 1032:1, so a gzip file of c bytes holds at most
 # this many times c bytes: a header that claims more is lying and is refused before reading.
 _MAX_GZIP_RATIO = 1100
+_GZIP_MAGIC = b"\x1f\x8b"
+_READ_CHUNK = 1 << 18
 
 
 class Dataset(NamedTuple):
@@ -45,38 +48,31 @@ class Dataset(NamedTuple):
 def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """Read one unsigned-byte IDX file (optionally gzip-compressed) into a uint8 array.
 
-    Checks the magic number, the number of dimensions (when ``ndim`` is given) and that the file
-    holds exactly as many bytes as its header declares; never reads more than that.
+    Compression is recognised by the gzip magic bytes, not the file name (browsers often
+    decompress MNIST downloads and keep the ``.gz``). Checks the magic number, the number of
+    dimensions (when ``ndim`` is given) and that the file holds exactly as many bytes as its
+    header declares. Memory follows what the file really holds: the body is read in chunks, so
+    a header that declares more than the file contains costs nothing before it is refused.
     """
     path = Path(path)
     try:
-        stored_size = path.stat().st_size
-        compressed = path.suffix == ".gz"
-        opener = gzip.open if compressed else open
-        with opener(path, "rb") as f:
-            magic = f.read(4)
-            if len(magic) < 4:
-                raise DataError(f"{path}: file is empty or truncated inside its header")
-            if magic[0] != 0 or magic[1] != 0 or magic[2] != _UBYTE_TYPE_CODE or magic[3] == 0:
-                raise DataError(
-                    f"{path}: wrong magic number 0x{magic.hex()}; expected an unsigned-byte IDX "
-                    "file (0x00000801 for labels, 0x00000803 for images)"
-                )
-            file_ndim = magic[3]
-            if ndim is not None and file_ndim != ndim:
-                raise DataError(f"{path}: wrong dimensions: has {file_ndim}, expected {ndim}")
-            header = f.read(4 * file_ndim)
-            if len(header) < 4 * file_ndim:
-                raise DataError(f"{path}: truncated inside its header")
-            dims = tuple(int(d) for d in np.frombuffer(header, dtype=">u4"))
-            size = int(np.prod(dims, dtype=object))
-            capacity = stored_size * _MAX_GZIP_RATIO if compressed else stored_size - 4 - len(header)
-            if size > capacity:
-                raise DataError(
-                    f"{path}: truncated: header declares {dims} = {size} bytes, "
-                    f"more than the file can hold"
-                )
-            body = f.read(size + 1)
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: not a regular file")
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw as f:
+                dims = _read_idx_header(f, path, ndim)
+                size = int(np.prod(dims, dtype=object))
+                header_size = 4 + 4 * len(dims)
+                capacity = info.st_size * _MAX_GZIP_RATIO if compressed else info.st_size - header_size
+                if size > capacity:
+                    raise DataError(
+                        f"{path}: truncated: header declares {dims} = {size} bytes, "
+                        f"more than the file can hold"
+                    )
+                body = _read_at_most(f, size + 1)
     except DataError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -87,14 +83,51 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
         raise DataError(f"{path}: truncated: header declares {size} data bytes, file has {len(body)}")
     if len(body) > size:
         raise DataError(f"{path}: has bytes after the {size} its header declares; not an IDX file")
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    try:
+        return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    except ValueError:  # more dimensions than numpy supports
+        raise DataError(f"{path}: {len(dims)} dimensions {dims} are not supported") from None
+
+
+def _read_idx_header(f, path: Path, ndim: int | None) -> tuple[int, ...]:
+    """The dimensions from an IDX header, checking the magic number and ``ndim``."""
+    magic = f.read(4)
+    if len(magic) < 4:
+        raise DataError(f"{path}: file is empty or truncated inside its header")
+    if magic[0] != 0 or magic[1] != 0 or magic[2] != _UBYTE_TYPE_CODE or magic[3] == 0:
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic.hex()}; expected an unsigned-byte IDX "
+            "file (0x00000801 for labels, 0x00000803 for images)"
+        )
+    file_ndim = magic[3]
+    if ndim is not None and file_ndim != ndim:
+        raise DataError(f"{path}: wrong dimensions: has {file_ndim}, expected {ndim}")
+    header = f.read(4 * file_ndim)
+    if len(header) < 4 * file_ndim:
+        raise DataError(f"{path}: truncated inside its header")
+    return tuple(int(d) for d in np.frombuffer(header, dtype=">u4"))
+
+
+def _read_at_most(f, limit: int) -> bytearray:
+    """Up to ``limit`` bytes of ``f``, in chunks, so memory grows with the bytes actually there."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = f.read(min(_READ_CHUNK, limit - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    return body
 
 
 def find_idx_file(folder: Path, stem: str) -> Path:
     """The path of ``stem`` or ``stem.gz`` in ``folder``."""
-    for candidate in (folder / stem, folder / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
+    try:
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+        os.listdir(folder)  # tells a folder that cannot be read from one that lacks the file
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot read data folder ({exc.strerror or exc})") from None
     raise DataError(
         f"{folder}: no {stem}[.gz]; the folder must hold the four MNIST-format IDX files "
         f"({', '.join(IDX_FILES.values())})"
@@ -139,7 +172,8 @@ def load_idx_folder(folder: str | os.PathLike) -> Dataset:
     """A ``Dataset`` from a folder with the four standard IDX files (``.gz`` or not)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataError(f"{folder}: data folder does not exist; pass --data-dir DIR with the IDX files")
+        problem = "is not a folder" if folder.exists() else "data folder does not exist"
+        raise DataError(f"{folder}: {problem}; pass --data-dir DIR, a folder with the four IDX files")
     return load_idx_files({key: find_idx_file(folder, stem) for key, stem in IDX_FILES.items()})
 
 
@@ -164,14 +198,20 @@ def tfds_download_dir() -> Path:
     return Path(os.environ.get("TFDS_DATA_DIR", constants.DATA_DIR)).expanduser() / "downloads"
 
 
-def fetch_with_tfds(name: str) -> dict[str, Path]:
-    """Paths of ``name``'s four IDX files, downloaded through TFDS from the mirror TFDS uses."""
-    try:
-        import tensorflow_datasets as tfds
+def tfds_sources(name: str) -> tuple[dict[str, str], dict]:
+    """The URLs TFDS itself downloads ``name``'s four IDX files from, and its registered checksums."""
+    import tensorflow_datasets as tfds
 
-        builder = tfds.builder_cls(name)
-        urls = {key: builder.URL + f"{stem}.gz" for key, stem in IDX_FILES.items()}
-        return download_idx_files(urls, builder.url_infos, tfds_download_dir())
+    builder = tfds.builder_cls(name)
+    urls = {key: builder.URL + f"{stem}.gz" for key, stem in IDX_FILES.items()}
+    return urls, builder.url_infos
+
+
+def fetch_with_tfds(name: str) -> dict[str, Path]:
+    """Paths of ``name``'s four IDX files, downloaded and verified through TFDS (or its cache)."""
+    try:
+        urls, url_infos = tfds_sources(name)
+        return download_idx_files(urls, url_infos, tfds_download_dir())
     except Exception as exc:  # network, checksum or TFDS failures all end the same way
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
@@ -228,7 +268,7 @@ def load_digit_image(path: str | os.PathLike) -> np.ndarray:
     frame[top : top + small.shape[0], left : left + small.shape[1]] = small
     total = frame.sum()
     ys, xs = np.indices(frame.shape)
-    shift_y = int(round(IMAGE_SIDE / 2 - 0.5 - (ys * frame).sum() / total))
-    shift_x = int(round(IMAGE_SIDE / 2 - 0.5 - (xs * frame).sum() / total))
+    shift_y = int(round(IMAGE_SIDE / 2 - (ys * frame).sum() / total))
+    shift_x = int(round(IMAGE_SIDE / 2 - (xs * frame).sum() / total))
     frame = np.roll(frame, (shift_y, shift_x), axis=(0, 1))
     return np.clip(frame, 0.0, 1.0).reshape(-1)
