@@ -75,7 +75,9 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
                 body = _read_at_most(f, size + 1)
     except DataError:
         raise
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except EOFError:
+        raise DataError(f"{path}: truncated: the gzip stream ends early; download the file again") from None
+    except (zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: corrupt gzip data ({exc}); download the file again") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
