@@ -121,3 +121,65 @@ def run_main(study: Callable[[argparse.Namespace], Any], parser: argparse.Argume
         print(f"{parser.prog}: interrupted; outputs written so far are in {args.out}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def add_fashion_flag(parser: argparse.ArgumentParser) -> None:
+    """``--fashion-data-dir``: Fashion-MNIST's IDX folder (default: ``fashion_mnist`` beside the MNIST folder)."""
+    parser.add_argument(
+        "--fashion-data-dir",
+        type=Path,
+        help="folder with Fashion-MNIST's four IDX files (default: a fashion_mnist folder beside the MNIST folder)",
+    )
+
+
+def fashion_dir(args: argparse.Namespace) -> Path | None:
+    """The Fashion-MNIST folder to use: ``--fashion-data-dir``, else ``fashion_mnist`` beside the
+    MNIST folder (``--data-dir`` or ``$JAXDIGITS_DATA_DIR``); ``None`` when there is none."""
+    if args.fashion_data_dir is not None:
+        return args.fashion_data_dir
+    mnist = args.data_dir or os.environ.get("JAXDIGITS_DATA_DIR")
+    if mnist:
+        candidate = Path(mnist).expanduser().resolve().parent / "fashion_mnist"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def load_fashion(args: argparse.Namespace) -> Dataset | None:
+    """Fashion-MNIST, or ``None`` (with a note) in ``--quick`` mode when no folder is found.
+
+    Outside quick mode a missing folder is a ``DataError``: the study needs the panel.
+    """
+    folder = fashion_dir(args)
+    if folder is None:
+        if args.quick:
+            print("note: no Fashion-MNIST folder found; skipping the Fashion-MNIST part", file=sys.stderr)
+            return None
+        raise jaxdigits.DataError(
+            "no Fashion-MNIST folder beside the MNIST folder; pass --fashion-data-dir DIR with its four IDX files"
+        )
+    return jaxdigits.load_mnist(folder, "fashion_mnist")
+
+
+def initial_params(config: jaxdigits.TrainConfig) -> list:
+    """The parameters ``jaxdigits.train(config)`` starts from (same seed, same keys)."""
+    init_key, _ = jaxdigits.run_keys(config.seed)
+    return jaxdigits.init_mlp(init_key, config.sizes)
+
+
+def tile_images(images: np.ndarray, cols: int, side: int = 28, gap: int = 1, normalise: bool = True) -> np.ndarray:
+    """``(K, side*side)`` images as one ``(rows*(side+gap)-gap, cols*(side+gap)-gap)`` mosaic.
+
+    With ``normalise`` each image is divided by its own largest absolute value (so every tile
+    spans [-1, 1] and a diverging colour map centred on zero shows its sign pattern). Gaps are NaN.
+    """
+    images = np.asarray(images, dtype=np.float64).reshape(len(images), side, side)
+    if normalise:
+        scale = np.abs(images).reshape(len(images), -1).max(axis=1)
+        images = images / np.where(scale > 0, scale, 1.0)[:, None, None]
+    rows = -(-len(images) // cols)
+    mosaic = np.full((rows * (side + gap) - gap, cols * (side + gap) - gap), np.nan)
+    for k, image in enumerate(images):
+        r, c = divmod(k, cols)
+        mosaic[r * (side + gap) : r * (side + gap) + side, c * (side + gap) : c * (side + gap) + side] = image
+    return mosaic

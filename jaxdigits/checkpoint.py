@@ -1,8 +1,12 @@
 """Checkpoints and run folders: safetensors arrays + JSON, written atomically, loaded with checks.
 
 No pickle anywhere. Every array file records a format name and version, the config it belongs to
-and a SHA-256 of its tensors; loading checks all three and the array names and shapes, so a
-truncated, corrupted or mismatched file is refused with one clear ``CheckpointError``.
+and a SHA-256 of its tensors and metadata; loading checks all three and the array names and
+shapes, so a truncated, corrupted or mismatched file is refused with one clear ``CheckpointError``.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename), and the files
+of one save are written with Ctrl-C held off, so a kill or an interrupt at any moment leaves the
+folder as it was after the previous complete epoch.
 
 A run folder (``--out``) holds:
     params.safetensors       final parameters (self-describing: config inside)
@@ -14,11 +18,16 @@ A run folder (``--out``) holds:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import math
 import os
 import platform
+import signal
 import tempfile
+import threading
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -44,20 +53,77 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
 
     The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over
-    ``path``; a crash at any point leaves the previous file intact.
+    ``path``; a crash at any point leaves the previous file intact. A failed write (disk full,
+    no permission) raises ``CheckpointError`` and leaves no temporary file behind.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path.name), suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot write ({exc.strerror or exc}); the previous version, if any, is intact"
+        ) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows syncing a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) off while a group of files is written; it takes effect right after.
+
+    However often Ctrl-C is pressed, the files of one save are then all from the same epoch.
+    Outside the main thread, where Python cannot catch signals, this does nothing (each file is
+    still written atomically).
+    """
+    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    _deferring.active = True
+    try:
+        yield
+    finally:
+        _deferring.active = False
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def _umask() -> int:
@@ -66,13 +132,29 @@ def _umask() -> int:
     return mask
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """``write_atomic`` of ``value`` as indented JSON."""
-    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
+    """``write_atomic`` of ``value`` as indented, strict JSON (see ``json_safe``)."""
+    write_atomic(path, (json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n").encode())
 
 
 def environment_info() -> dict[str, str]:
     """Versions of the libraries that produced a result, and the device it ran on."""
+    return dict(_environment())
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> dict[str, str]:
     info = {}
     for package in ("jaxdigits", "jax", "jaxlib", "optax", "numpy"):
         try:
@@ -84,8 +166,23 @@ def environment_info() -> dict[str, str]:
     return info
 
 
-def _digest(tensors: dict[str, np.ndarray]) -> str:
+def describe_data(data, name: str) -> dict[str, Any]:
+    """Name, sizes and SHA-256 of a ``Dataset``: recorded with a run, checked on ``--resume``."""
     h = hashlib.sha256()
+    for array in data:
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype.str}:{array.shape}".encode())
+        h.update(memoryview(array).cast("B"))
+    return {
+        "name": name,
+        "train_examples": int(len(data[0])),
+        "test_examples": int(len(data[2])),
+        "sha256": h.hexdigest(),
+    }
+
+
+def _digest(tensors: dict[str, np.ndarray], info_text: str) -> str:
+    h = hashlib.sha256(info_text.encode())
     for name in sorted(tensors):
         array = np.asarray(tensors[name])
         h.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
@@ -99,7 +196,8 @@ def save_arrays(path: str | os.PathLike, tensors: dict[str, Any], fmt: str, info
 
     # copy(order="C") keeps 0-d arrays 0-d, unlike np.ascontiguousarray.
     arrays = {name: np.asarray(value).copy(order="C") for name, value in tensors.items()}
-    header = {"format": fmt, "format_version": str(FORMAT_VERSION), "sha256": _digest(arrays), "info": json.dumps(info)}
+    info_text = json.dumps(json_safe(info), allow_nan=False)
+    header = {"format": fmt, "format_version": str(FORMAT_VERSION), "sha256": _digest(arrays, info_text), "info": info_text}
     write_atomic(path, save(arrays, metadata=header))
 
 
@@ -124,12 +222,15 @@ def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray
         raise CheckpointError(
             f"{path}: format version {header.get('format_version')!r}; this jaxdigits reads version {FORMAT_VERSION}"
         )
-    if header.get("sha256") != _digest(tensors):
+    info_text = header.get("info")
+    if not isinstance(info_text, str) or header.get("sha256") != _digest(tensors, info_text):
         raise CheckpointError(f"{path}: checksum mismatch, the file is corrupted")
     try:
-        info = json.loads(header["info"])
-    except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: header has no readable info") from None
+        info = json.loads(info_text)
+    except json.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: header has no readable info")
     return tensors, info
 
 
@@ -169,6 +270,11 @@ def resolve_params_path(path: str | os.PathLike) -> Path:
     """A params file, or the ``params.safetensors`` inside a run folder."""
     path = Path(path)
     if path.is_dir():
+        if not (path / PARAMS_FILE).is_file() and (path / CHECKPOINT_FILE).is_file():
+            raise CheckpointError(
+                f"{path}: the run has not finished (no {PARAMS_FILE} yet); "
+                f"complete it with `jaxdigits train --out {path} --resume`"
+            )
         path = path / PARAMS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no such params file; give a run's --out folder or its {PARAMS_FILE}")
@@ -176,9 +282,11 @@ def resolve_params_path(path: str | os.PathLike) -> Path:
 
 
 def _config_from_info(info: dict[str, Any], path: Path) -> TrainConfig:
+    from jaxdigits.config import validate_config
+
     try:
-        return TrainConfig.from_dict(info["config"])
-    except (KeyError, TypeError, ConfigError) as exc:
+        return validate_config(TrainConfig.from_dict(info["config"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # ConfigError is a ValueError
         raise CheckpointError(f"{path}: recorded config is unreadable ({exc})") from None
 
 
@@ -206,30 +314,67 @@ class RunFolder:
         return any((self.path / name).exists() for name in RUN_FILES)
 
     def claim(self, overwrite: bool = False) -> None:
-        """Make the folder ready for a new run; refuse one that holds another run unless ``overwrite``."""
+        """Make the folder ready for a new run; refuse one that holds another run unless ``overwrite``.
+
+        Only the run's own files are ever removed; anything else in the folder is left alone.
+        """
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path}: --out must be a folder, and this is a file")
-        if self.holds_run():
-            if not overwrite:
-                raise RunFolderError(
-                    f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
-                )
-            for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.holds_run():
+                if not overwrite:
+                    raise RunFolderError(
+                        f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
+                    )
+                for name in RUN_FILES:
+                    (self.path / name).unlink(missing_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"{self.path}: cannot use as --out ({exc.strerror or exc})") from None
+        self.remove_temporaries()
 
-    def save_training(self, config: TrainConfig, state, history: list[dict]) -> None:
-        """Atomically checkpoint everything needed to resume after the last complete epoch."""
+    def remove_temporaries(self) -> None:
+        """Delete temporary files that a run killed in the middle of a write left behind."""
+        for name in RUN_FILES:
+            for leftover in self.path.glob(f"{_temporary_prefix(name)}*.tmp"):
+                leftover.unlink(missing_ok=True)
+
+    def saved_config(self) -> TrainConfig | None:
+        """The config of the run to resume, or None when the folder holds no checkpoint."""
+        path = self.path / CHECKPOINT_FILE
+        if not path.is_file():
+            return None
+        _, info = load_arrays(path, TRAINING_FORMAT)
+        return _config_from_info(info, path)
+
+    def completed_epochs(self) -> int:
+        """How many epochs the resume checkpoint holds (0 when there is none)."""
+        path = self.path / CHECKPOINT_FILE
+        return int(load_arrays(path, TRAINING_FORMAT)[1].get("epoch", 0)) if path.is_file() else 0
+
+    def save_training(self, config: TrainConfig, state, history: list[dict], data_info: dict | None = None) -> None:
+        """Atomically checkpoint everything needed to resume after the last complete epoch.
+
+        The checkpoint and ``history.json`` are written with Ctrl-C held off, so both always
+        describe the same epoch.
+        """
         leaves = jax.tree_util.tree_leaves(state.opt_state)
         tensors = params_to_tensors(state.params)
         tensors.update({f"opt_state.{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
         tensors["rng.seed_key"] = np.asarray(jax.random.PRNGKey(config.seed))
-        info = {"config": config.to_dict(), "epoch": len(history), "history": history}
-        save_arrays(self.path / CHECKPOINT_FILE, tensors, TRAINING_FORMAT, info)
-        write_json_atomic(self.path / HISTORY_FILE, history)
+        info = {
+            "config": config.to_dict(), "epoch": len(history), "history": history,
+            "data": data_info, "environment": environment_info(),
+        }
+        with interrupts_deferred():
+            save_arrays(self.path / CHECKPOINT_FILE, tensors, TRAINING_FORMAT, info)
+            write_json_atomic(self.path / HISTORY_FILE, history)
 
-    def load_training(self, config: TrainConfig, template) -> tuple[Any, list[dict]]:
-        """``(state, history)`` from the checkpoint; ``template`` is a fresh state of the same config."""
+    def load_training(self, config: TrainConfig, template, data_info: dict | None = None) -> tuple[Any, list[dict]]:
+        """``(state, history)`` from the checkpoint; ``template`` is a fresh state of the same config.
+
+        Refuses a checkpoint of another config (epochs aside) or, given ``data_info``, of other data.
+        """
         path = self.path / CHECKPOINT_FILE
         if not path.is_file():
             raise RunFolderError(f"{self.path}: no checkpoint to resume from; run without --resume to start")
@@ -239,6 +384,14 @@ class RunFolder:
         if differences:
             raise ConfigError(
                 f"--resume with a different config ({'; '.join(differences)}); drop those flags or use a new --out"
+            )
+        saved_data = info.get("data")
+        if data_info and isinstance(saved_data, dict) and saved_data.get("sha256") != data_info.get("sha256"):
+            raise ConfigError(
+                f"--resume with different data: the run trained on {saved_data.get('train_examples')} "
+                f"training images with sha256 {str(saved_data.get('sha256'))[:12]}, these are "
+                f"{data_info['train_examples']} with {data_info['sha256'][:12]}; "
+                "use the run's --data-dir or a new --out"
             )
         if not np.array_equal(tensors.get("rng.seed_key"), np.asarray(jax.random.PRNGKey(config.seed))):
             raise CheckpointError(f"{path}: RNG key does not match seed {config.seed}")
@@ -251,12 +404,24 @@ class RunFolder:
                 raise CheckpointError(f"{path}: optimizer state does not match optimizer {config.optimizer!r}")
             restored.append(jax.numpy.asarray(array))
         history = info.get("history")
-        if not isinstance(history, list) or len(history) != info.get("epoch"):
+        if (
+            not isinstance(history, list)
+            or len(history) != info.get("epoch")
+            or any(not isinstance(h, dict) or h.get("epoch") != i + 1 for i, h in enumerate(history))
+        ):
             raise CheckpointError(f"{path}: history does not match the recorded epoch")
+        if len(history) > config.epochs:
+            raise ConfigError(
+                f"the run in {self.path} has already completed {len(history)} epochs, more than "
+                f"--epochs {config.epochs}; pass --epochs {len(history)} or more"
+            )
+        self.remove_temporaries()
         return type(template)(params, jax.tree_util.tree_unflatten(treedef, restored)), history
 
-    def save_result(self, config: TrainConfig, params: Params, history: list[dict], diverged: bool) -> None:
-        """Write the final params, ``run.json`` (config, metrics, versions) and ``history.json``."""
+    def save_result(
+        self, config: TrainConfig, params: Params, history: list[dict], diverged: bool, data_info: dict | None = None
+    ) -> None:
+        """Write the final params, ``run.json`` (config, data, metrics, versions) and ``history.json``."""
         finished = [h for h in history if not h.get("diverged")]
         metrics = {
             "epochs_completed": len(finished),
@@ -266,9 +431,8 @@ class RunFolder:
             "cost": finished[-1]["cost"] if finished else None,
         }
         environment = environment_info()
-        save_params(self.path / PARAMS_FILE, params, config, {"metrics": metrics, "environment": environment})
-        write_json_atomic(
-            self.path / RUN_FILE,
-            {"config": config.to_dict(), "metrics": metrics, "environment": environment},
-        )
-        write_json_atomic(self.path / HISTORY_FILE, history)
+        extra = {"data": data_info, "metrics": metrics, "environment": environment}
+        with interrupts_deferred():
+            save_params(self.path / PARAMS_FILE, params, config, extra)
+            write_json_atomic(self.path / RUN_FILE, {"config": config.to_dict(), **extra})
+            write_json_atomic(self.path / HISTORY_FILE, history)

@@ -7,6 +7,7 @@ compiles), 3 training diverged, 130 interrupted (Ctrl-C; finished work is kept).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -82,37 +83,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from jaxdigits.checkpoint import CHECKPOINT_FILE, load_arrays, TRAINING_FORMAT
+    from jaxdigits.checkpoint import RunFolder
     from jaxdigits.config import TrainConfig, validate_config
-    from jaxdigits.train import format_epoch, train
+    from jaxdigits.train import train
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out, the folder of the run to continue")
-    base = TrainConfig()
-    if args.resume and (args.out / CHECKPOINT_FILE).is_file():
-        _, info = load_arrays(args.out / CHECKPOINT_FILE, TRAINING_FORMAT)
-        base = TrainConfig.from_dict(info["config"])
+    base = (RunFolder(args.out).saved_config() if args.resume else None) or TrainConfig()
     config = validate_config(base.replace(**config_overrides(args)))
     try:
         result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
                        overwrite=args.overwrite, progress=True)
     except KeyboardInterrupt:
-        if args.out is not None:
-            print(f"interrupted; completed epochs are saved: resume with "
-                  f"`jaxdigits train --out {args.out} --resume`", file=sys.stderr)
-        else:
-            print("interrupted; nothing was saved (no --out given)", file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.diverged:
         epoch = result.history[-1]["epoch"]
-        print(f"diverged at epoch {epoch}; try a smaller --lr (now {config.learning_rate})", file=sys.stderr)
+        kept = f"; epoch {epoch - 1}'s params are saved in {args.out}" if args.out is not None and epoch > 1 else ""
+        print(f"diverged at epoch {epoch}; try a smaller --lr (now {config.learning_rate}){kept}", file=sys.stderr)
         return EXIT_DIVERGED
     last = result.history[-1] if result.history else None
     if last is not None:
         print(f"done: test accuracy {100 * last['test_accuracy']:.2f}%" + (f", saved to {args.out}" if args.out else ""))
     return 0
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """The one line printed on Ctrl-C: what is kept and the command that resumes."""
+    from jaxdigits.checkpoint import RunFolder
+
+    if args.out is None:
+        return "interrupted; nothing was saved (no --out given)"
+    try:
+        completed = RunFolder(args.out).completed_epochs()
+    except JaxdigitsError:
+        completed = 0
+    if completed == 0:
+        return "interrupted before the first epoch finished; nothing to resume, run the same command again"
+    command = ["jaxdigits", "train", "--out", str(args.out), "--resume"]
+    if args.data_dir is not None:
+        command += ["--data-dir", str(args.data_dir)]
+    return f"interrupted; epochs 1-{completed} are saved, resume with `{shlex.join(command)}`"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -165,19 +165,23 @@ def train(
 
     ``data`` defaults to ``load_mnist(data_dir, config.dataset)``. With ``out_dir``, a checkpoint
     is written atomically after every epoch, and ``resume=True`` continues from the last one (an
-    interrupted and resumed run ends bit-identical to an uninterrupted one). A cost that becomes
-    NaN or infinite stops training: the result keeps the last finite params and ``diverged``.
+    interrupted and resumed run ends bit-identical to an uninterrupted one; resuming with another
+    config, epochs aside, or other data raises ``ConfigError``). Without ``resume``, an ``out_dir``
+    that holds another run raises ``RunFolderError`` unless ``overwrite``. A cost that becomes NaN
+    or infinite stops training at that epoch: the result holds the last finite params, ``diverged``
+    is True and the last history entry is ``{"epoch": k, "cost": nan, "diverged": True, ...}``.
     """
     if data is None:
         validate_config(config)
         data = load_mnist(data_dir, config.dataset)
     validate_config(config, num_train=len(data.train_images))
     run = checkpoint.RunFolder(out_dir) if out_dir is not None else None
+    data_info = checkpoint.describe_data(data, config.dataset) if run is not None else None
     init_key, shuffle_key = run_keys(config.seed)
     state, history = init_state(config, init_key), []
     if run is not None:
         if resume:
-            state, history = run.load_training(config, template=state)
+            state, history = run.load_training(config, template=state, data_info=data_info)
         else:
             run.claim(overwrite=overwrite)
     arrays = tuple(jax.device_put(a) for a in data)
@@ -186,24 +190,24 @@ def train(
 
     diverged = False
     epochs = range(len(history) + 1, config.epochs + 1)
-    bar = _progress_bar(epochs, progress)
-    for epoch in bar:
-        start = time.perf_counter()
-        new_state, cost = epoch_fn(state, jax.random.fold_in(shuffle_key, epoch), train_x, train_y)
-        cost = float(cost)
-        seconds = time.perf_counter() - start
-        if not math.isfinite(cost):
-            diverged = True
-            history.append({"epoch": epoch, "cost": cost, "diverged": True, "seconds": seconds})
-            break
-        state = new_state
-        history.append(epoch_record(epoch, cost, state.params, arrays, config.activation, seconds))
-        if run is not None:
-            run.save_training(config, state, history)
-        if progress:
-            bar.write(format_epoch(history[-1], config.epochs))
+    with _progress_bar(epochs, progress) as bar:  # closed (and cleared) on Ctrl-C too
+        for epoch in bar:
+            start = time.perf_counter()
+            new_state, cost = epoch_fn(state, jax.random.fold_in(shuffle_key, epoch), train_x, train_y)
+            cost = float(cost)
+            seconds = time.perf_counter() - start
+            if not math.isfinite(cost):
+                diverged = True
+                history.append({"epoch": epoch, "cost": cost, "diverged": True, "seconds": seconds})
+                break
+            state = new_state
+            history.append(epoch_record(epoch, cost, state.params, arrays, config.activation, seconds))
+            if run is not None:
+                run.save_training(config, state, history, data_info)
+            if progress:
+                bar.write(format_epoch(history[-1], config.epochs))
     if run is not None:
-        run.save_result(config, state.params, history, diverged)
+        run.save_result(config, state.params, history, diverged, data_info)
     return TrainResult(state.params, history, diverged, state, config)
 
 

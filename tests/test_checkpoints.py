@@ -1,0 +1,342 @@
+"""Checkpoints: safetensors only (never pickle), atomic writes, full metadata, and one clear
+``CheckpointError`` for any file that is truncated, corrupted, unsafe or of another network."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+import numpy as np
+import pytest
+
+from jaxdigits import checkpoint, cli
+from jaxdigits.checkpoint import (
+    CHECKPOINT_FILE, PARAMS_FILE, PARAMS_FORMAT, RUN_FILE, TRAINING_FORMAT, RunFolder, describe_data,
+    load_arrays, load_params, params_to_tensors, save_arrays, write_atomic,
+)
+from jaxdigits.config import TrainConfig
+from jaxdigits.errors import CheckpointError
+from jaxdigits.train import init_state, params_to_numpy, run_keys, train
+from tests.conftest import synthetic_dataset, write_idx_folder
+
+PACKAGE = Path(checkpoint.__file__).parent
+CONFIG = TrainConfig(epochs=2)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-epoch run on synthetic data: ``(folder, result, data)``."""
+    data = synthetic_dataset()
+    out = tmp_path_factory.mktemp("finished") / "run"
+    return out, train(CONFIG, data, out_dir=out), data
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path) -> Path:
+    """A private copy of the finished run's folder."""
+    return Path(shutil.copytree(finished[0], tmp_path / "run"))
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_params_round_trip_with_full_metadata(finished):
+    out, result, data = finished
+    params, config, info = load_params(out)
+    assert config == CONFIG
+    for saved, trained in zip(params, result.params):
+        for key in ("w", "b"):
+            assert np.asarray(saved[key]).tobytes() == np.asarray(trained[key]).tobytes()
+    run = json.loads((out / RUN_FILE).read_text())
+    for record in (info, run):
+        assert record["data"] == describe_data(data, "mnist")
+        assert record["data"]["train_examples"] == 200 and record["data"]["test_examples"] == 50
+        assert record["metrics"]["epochs_completed"] == 2 and record["metrics"]["diverged"] is False
+        assert record["metrics"]["test_accuracy"] == result.history[-1]["test_accuracy"]
+        environment = record["environment"]
+        assert environment["jax"] == jax.__version__ and environment["jaxlib"] == jaxlib.__version__
+        assert environment["device_kind"] == jax.devices()[0].device_kind
+    assert run["config"] == CONFIG.to_dict()
+    _, training = load_arrays(out / CHECKPOINT_FILE, TRAINING_FORMAT)
+    assert training["config"] == CONFIG.to_dict() and training["epoch"] == 2
+    assert training["history"] == json.loads((out / "history.json").read_text())
+    assert training["environment"]["jax"] == jax.__version__ and training["data"] == run["data"]
+
+
+def flipped(raw: bytes, position: int, mask: int) -> bytes:
+    return raw[:position] + bytes([raw[position] ^ mask]) + raw[position + 1 :]
+
+
+@pytest.mark.parametrize("name, fmt", [(PARAMS_FILE, PARAMS_FORMAT), (CHECKPOINT_FILE, TRAINING_FORMAT)])
+def test_every_corrupted_header_byte_and_sampled_data_byte_is_refused(run_dir, name, fmt):
+    path = run_dir / name
+    raw = path.read_bytes()
+    header_end = 8 + int.from_bytes(raw[:8], "little")
+    data_positions = np.random.default_rng(0).choice(np.arange(header_end, len(raw)), 100, replace=False)
+    bad = run_dir / "bad.safetensors"
+    loaded = []
+    for position in [*range(header_end), *data_positions.tolist(), len(raw) - 1]:
+        for mask in (0x01, 0x80):
+            bad.write_bytes(flipped(raw, position, mask))
+            try:
+                load_arrays(bad, fmt)
+            except CheckpointError as exc:
+                assert str(exc).startswith(f"{bad}: ")
+            else:
+                loaded.append((position, mask))
+    assert not loaded, f"corrupted files loaded without error (byte, bit mask): {loaded[:10]}"
+
+
+@pytest.mark.parametrize("name", [PARAMS_FILE, CHECKPOINT_FILE])
+def test_truncated_files_are_refused(run_dir, name):
+    path = run_dir / name
+    raw = path.read_bytes()
+    header_end = 8 + int.from_bytes(raw[:8], "little")
+    for cut in sorted({0, 1, 7, 8, 9, header_end // 2, header_end - 1, header_end, header_end + 1, len(raw) // 2, len(raw) - 1}):
+        path.write_bytes(raw[:cut])
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: not a readable safetensors file"):
+            if name == PARAMS_FILE:
+                load_params(path)
+            else:
+                RunFolder(run_dir).load_training(CONFIG, init_state(CONFIG, run_keys(0)[0]))
+
+
+def save_params_file(path: Path, tensors: dict, config: dict, fmt: str = PARAMS_FORMAT) -> Path:
+    save_arrays(path, tensors, fmt, {"config": config})
+    return path
+
+
+MISMATCHES = {
+    "other sizes": (lambda t: t, {"sizes": [784, 30, 10]}, r"array 'params.0.w' is float32\[784, 16\], expected float32\[784, 30\]"),
+    "missing array": (lambda t: {k: v for k, v in t.items() if k != "params.1.b"}, {}, "missing array 'params.1.b'"),
+    "extra layer": (lambda t: {**t, "params.3.w": np.zeros((10, 10), np.float32)}, {}, "holds more layers than sizes"),
+    "float64": (lambda t: {**t, "params.0.b": t["params.0.b"].astype(np.float64)}, {}, r"is float64\[16\], expected float32\[16\]"),
+    "invalid recorded sizes": (lambda t: t, {"sizes": [784, 16, 16, 9]}, "recorded config is unreadable"),
+    "unknown config key": (lambda t: t, {"momentum": 0.9}, "recorded config is unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+def test_arrays_that_do_not_match_the_recorded_network_are_refused(finished, tmp_path, case):
+    change, config_change, message = MISMATCHES[case]
+    tensors = change(params_to_tensors(params_to_numpy(finished[1].params)))
+    path = save_params_file(tmp_path / "p.safetensors", tensors, {**CONFIG.to_dict(), **config_change})
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: .*{message}"):
+        load_params(path)
+
+
+def test_format_and_version_are_checked(run_dir, tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="format 'jaxdigits-training-state', expected 'jaxdigits-params'"):
+        load_params(run_dir / CHECKPOINT_FILE)
+    params = params_to_tensors(params_to_numpy(load_params(run_dir)[0]))
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 2)
+    future = save_params_file(tmp_path / "future.safetensors", params, CONFIG.to_dict())
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="format version '2'; this jaxdigits reads version 1"):
+        load_params(future)
+
+
+def test_a_tampered_resume_checkpoint_is_refused(run_dir):
+    tensors, info = load_arrays(run_dir / CHECKPOINT_FILE, TRAINING_FORMAT)
+    template = init_state(CONFIG, run_keys(0)[0])
+    folder = RunFolder(run_dir)
+    cases = {
+        "optimizer state does not match": ({k: v for k, v in tensors.items() if k != "opt_state.0"}, info),
+        "history does not match the recorded epoch": (tensors, {**info, "epoch": 3}),
+        "RNG key does not match seed 0": ({**tensors, "rng.seed_key": np.array([0, 1], np.uint32)}, info),
+    }
+    for message, (changed_tensors, changed_info) in cases.items():
+        save_arrays(run_dir / CHECKPOINT_FILE, changed_tensors, TRAINING_FORMAT, changed_info)
+        with pytest.raises(CheckpointError, match=message):
+            folder.load_training(CONFIG, template)
+
+
+class Payload:
+    """Unpickling this creates a marker file: proof that a pickle was executed."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickles_are_never_loaded(tmp_path):
+    marker = tmp_path / "pickle-was-executed"
+    attempts = {
+        "pickle.safetensors": pickle.dumps(Payload(marker)),
+        "npy-with-objects.safetensors": None,
+    }
+    np.save(tmp_path / "objects.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    attempts["npy-with-objects.safetensors"] = (tmp_path / "objects.npy").read_bytes()
+    for name, raw in attempts.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+            load_params(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_the_package_never_uses_pickle():
+    pattern = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|joblib|cloudpickle)\b|allow_pickle\s*=\s*True|torch\.load", re.M)
+    offenders = [p.name for p in PACKAGE.glob("*.py") if pattern.search(p.read_text())]
+    assert not offenders
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "file.bin"
+    write_atomic(path, b"previous")
+    for failing in ("fsync", "replace"):
+        with monkeypatch.context() as patch:
+            def no_space(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            patch.setattr(os, failing, no_space)
+            with pytest.raises(CheckpointError, match=f"^{path}: cannot write \\(No space left on device\\); the previous version"):
+                write_atomic(path, b"next version, never complete")
+        assert path.read_bytes() == b"previous"
+        assert temporaries(tmp_path) == []
+    write_atomic(path, b"next")
+    assert path.read_bytes() == b"next" and temporaries(tmp_path) == []
+
+
+def test_a_full_disk_during_training_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    data_dir = write_idx_folder(tmp_path / "data", synthetic_dataset(), compress=False)
+    out = tmp_path / "run"
+    real_mkstemp, real_fsync = tempfile.mkstemp, os.fsync
+    checkpoints, doomed = [], set()
+
+    def mkstemp(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        if Path(name).name.startswith(f".{CHECKPOINT_FILE}."):
+            checkpoints.append(name)
+            if len(checkpoints) == 3:
+                doomed.add(fd)
+        return fd, name
+
+    def fsync(fd):
+        if fd in doomed:  # the disk fills while epoch 3's checkpoint is written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fsync", fsync)
+    args = ["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "4"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"jaxdigits train: error: {out / CHECKPOINT_FILE}: cannot write (No space left on device); "
+        "the previous version, if any, is intact"
+    )
+    assert RunFolder(out).completed_epochs() == 2 and len(json.loads((out / "history.json").read_text())) == 2
+    assert temporaries(out) == []
+    monkeypatch.undo()
+    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), "--resume"]) == 0
+    uninterrupted = train(TrainConfig(epochs=4), write_and_load(data_dir))
+    for resumed, straight in zip(load_params(out)[0], uninterrupted.params):
+        assert np.asarray(resumed["w"]).tobytes() == np.asarray(straight["w"]).tobytes()
+
+
+def write_and_load(folder: Path):
+    from jaxdigits.data import load_idx_folder
+
+    return load_idx_folder(folder)
+
+
+# -- evaluate and predict on files they cannot use: one line, exit 1 --------------------------
+
+
+def _truncate(run):
+    path = run / PARAMS_FILE
+    path.write_bytes(path.read_bytes()[:5000])
+    return path
+
+
+def _flip(run):
+    path = run / PARAMS_FILE
+    raw = path.read_bytes()
+    path.write_bytes(flipped(raw, len(raw) - 3, 0x10))
+    return path
+
+
+def _other_network(run):
+    params = init_state(TrainConfig(sizes=(784, 30, 10)), run_keys(0)[0]).params
+    tensors = params_to_tensors(params_to_numpy(params))
+    return save_params_file(run / PARAMS_FILE, tensors, CONFIG.to_dict())
+
+
+def _pickle(run):
+    path = run / PARAMS_FILE
+    path.write_bytes(pickle.dumps({"w": np.zeros(3)}))
+    return path
+
+
+def _empty(run):
+    (run / PARAMS_FILE).write_bytes(b"")
+    return run / PARAMS_FILE
+
+
+def _unfinished(run):
+    (run / PARAMS_FILE).unlink()
+    return run
+
+
+def _no_run(run):
+    shutil.rmtree(run)
+    run.mkdir()
+    return run / PARAMS_FILE
+
+
+UNUSABLE = {
+    "truncated": (_truncate, "not a readable safetensors file"),
+    "corrupted": (_flip, "checksum mismatch, the file is corrupted"),
+    "another network": (_other_network, "expected float32[784, 16]"),
+    "a pickle": (_pickle, "not a readable safetensors file"),
+    "empty": (_empty, "not a readable safetensors file"),
+    "unfinished run": (_unfinished, "the run has not finished"),
+    "no run": (_no_run, "no such params file"),
+}
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("png") / "digit.png"
+    image = np.zeros((28, 28), np.uint8)
+    image[6:22, 12:16] = 255
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("case", UNUSABLE)
+def test_evaluate_and_predict_refuse_unusable_params_in_one_line(run_dir, digit_png, command, case, capsys):
+    breaker, message = UNUSABLE[case]
+    named = breaker(run_dir)
+    args = [command, str(run_dir)] + (["--data-dir", str(run_dir)] if command == "evaluate" else [str(digit_png)])
+    assert cli.main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"jaxdigits {command}: error: {named}: ") and message in captured.err
+
+
+def test_a_corrupted_params_file_is_one_line_without_traceback_from_the_shell(run_dir, digit_png):
+    _flip(run_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxdigits", "predict", str(run_dir / PARAMS_FILE), str(digit_png)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"jaxdigits predict: error: {run_dir / PARAMS_FILE}: checksum mismatch, the file is corrupted\n"
