@@ -183,3 +183,10 @@ def tile_images(images: np.ndarray, cols: int, side: int = 28, gap: int = 1, nor
         r, c = divmod(k, cols)
         mosaic[r * (side + gap) : r * (side + gap) + side, c * (side + gap) : c * (side + gap) + side] = image
     return mosaic
+
+
+def choose(value: Any, quick: bool, quick_default: Any, full_default: Any) -> Any:
+    """``value`` when given on the command line, else the default of the mode (``--quick`` or full)."""
+    if value is not None:
+        return value
+    return quick_default if quick else full_default

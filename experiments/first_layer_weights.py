@@ -196,7 +196,9 @@ def findings(results: dict) -> list[str]:
         fashion = nets["fashion"]
         lines.append(
             f"Trained on Fashion-MNIST (test accuracy {100 * fashion['test_accuracy']:.1f}%), the same network's "
-            f"weights are {_texture(fashion['trained'], noise)} and spread wider: low-frequency share "
+            f"weights are {_texture(fashion['trained'], noise)} and spread "
+            f"{'wider' if fashion['trained']['half_energy_pixels'] > lesson['trained']['half_energy_pixels'] else 'no wider'}"
+            f" than on digits: low-frequency share "
             f"{fashion['trained']['low_frequency_fraction']:.2f}, smoothness "
             f"{fashion['trained']['smoothness']:.2f}, half energy in "
             f"{fashion['trained']['half_energy_pixels']:.0f} pixels."
@@ -207,7 +209,7 @@ def findings(results: dict) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     mnist = common.load_data(args.data_dir)
     fashion = common.load_fashion(args)
-    epochs = args.epochs or (2 if args.quick else 30)
+    epochs = common.choose(args.epochs, args.quick, 2, 30)
     if args.quick:
         mnist = common.subset(mnist, 5000, 2000)
         fashion = fashion and common.subset(fashion, 5000, 2000)

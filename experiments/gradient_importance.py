@@ -204,8 +204,8 @@ def landscape(params: list, images: np.ndarray, labels: np.ndarray, extent: floa
 def draw_gradients(reports: dict, grads: dict, images: np.ndarray, path) -> None:
     """Pixel maps at init and after training, the mean digit, layer shares, per-neuron maps."""
     plt = common.pyplot()
-    fig = plt.figure(figsize=(15, 7.4), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 0.8])
+    fig = plt.figure(figsize=(15, 6.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 0.62])
     axes = top.subplots(1, 4, width_ratios=[1, 1, 1, 1.5])
     for ax, stage in zip(axes[:2], ("initial", "trained")):
         image = ax.imshow(pixel_map(grads[stage]).reshape(28, 28), cmap="magma", interpolation="nearest")
@@ -339,17 +339,19 @@ def findings(results: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    config = jaxdigits.validate_config(TrainConfig(epochs=common.choose(args.epochs, args.quick, 2, 30), seed=args.seed))
+    slice_images = common.choose(args.slice_images, args.quick, 1000, 10000)
+    if slice_images < 1:
+        raise jaxdigits.ConfigError(f"--slice-images must be at least 1, got {slice_images}")
     data = common.load_data(args.data_dir)
     if args.quick:
         data = common.subset(data, 5000, 2000)
-    config = TrainConfig(epochs=args.epochs or (2 if args.quick else 30), seed=args.seed)
     print(f"{NAME}: training the lesson's network for {config.epochs} epochs")
     result = jaxdigits.train(config, data)
     params = {"initial": common.initial_params(config), "trained": result.params}
     reports, grads = {}, {}
     for stage, p in params.items():
         reports[stage], grads[stage] = gradient_report(p, data, args.seed)
-    slice_images = args.slice_images or (1000 if args.quick else 10000)
     land = landscape(
         result.params, data.train_images[:slice_images], data.train_labels[:slice_images],
         extent=1.0, resolution=15 if args.quick else 41, steps=100 if args.quick else 400, seed=args.seed,

@@ -203,7 +203,7 @@ def findings(results: dict) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     mnist = common.load_data(args.data_dir)
     fashion = common.load_fashion(args)
-    epochs = args.epochs or (2 if args.quick else 30)
+    epochs = common.choose(args.epochs, args.quick, 2, 30)
     count = 1000 if args.quick else 10000
     if args.quick:
         mnist = common.subset(mnist, 5000, count)

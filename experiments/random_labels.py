@@ -181,14 +181,14 @@ def findings(results: dict) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict:
     data = common.load_data(args.data_dir)
-    num_train = args.num_train or (1000 if args.quick else 10000)
+    num_train = common.choose(args.num_train, args.quick, 1000, 10000)
     if num_train < 1:
         raise jaxdigits.ConfigError(f"--num-train must be at least 1, got {num_train}")
     data = common.subset(data, num_train, 2000 if args.quick else None)
-    hidden = args.hidden or (256 if args.quick else 512)
+    hidden = common.choose(args.hidden, args.quick, 256, 512)
     config = TrainConfig(
         sizes=(784, hidden, 10), activation="relu", cost="cross_entropy", optimizer="adam",
-        learning_rate=1e-3, batch_size=100, epochs=args.epochs or (30 if args.quick else 150), seed=args.seed,
+        learning_rate=1e-3, batch_size=100, epochs=common.choose(args.epochs, args.quick, 30, 150), seed=args.seed,
     )
     jaxdigits.validate_config(config, num_train=len(data.train_images))
     settings = [
