@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint", type=Path, help="a run's --out folder or its params.safetensors")
     predict.add_argument("image", type=Path, help="a PNG of one digit, any size, dark or light background")
     predict.set_defaults(handler=run_predict)
+
+    add_sweep_parser(commands)
     return parser
 
 
@@ -151,6 +153,128 @@ def run_predict(args: argparse.Namespace) -> int:
     digit, activations = predict(params, image[None, :], config.activation, COSTS[config.cost].output)
     print(f"digit {int(digit[0])}")
     print("activations " + " ".join(f"{d}:{float(a):.3f}" for d, a in enumerate(activations[0])))
+    return 0
+
+
+# The sweep's grid axes: add_config_flags' flags, under the same names, taking several values.
+GRID_AXES = {"--lr": "lr", "--activation": "activation", "--cost": "cost", "--optimizer": "optimizer",
+             "--batch-size": "batch_size", "--epochs": "epochs", "--l2": "l2"}
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    if text.lower() == "none":
+        return ()
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a hidden shape: comma-separated widths like 16,16, or none")
+    return widths
+
+
+def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    """``--hidden``, ``--seeds`` and every ``add_config_flags`` axis as a flag taking one or more values."""
+    template = argparse.ArgumentParser(add_help=False)
+    add_config_flags(template)
+    parser.add_argument("--hidden", nargs="+", type=_hidden, metavar="W[,W...]",
+                        help="hidden-layer shapes, e.g. 16,16 32 64,64 (none: no hidden layer; default 16,16)")
+    for action in template._actions:
+        flag = action.option_strings[0] if action.option_strings else None
+        if flag in GRID_AXES:
+            parser.add_argument(flag, dest=GRID_AXES[flag], nargs="+", type=action.type, choices=action.choices,
+                                metavar=flag.lstrip("-").upper().replace("-", "_"),
+                                help=f"one or more: {action.help}")
+        elif flag == "--seed":
+            parser.add_argument("--seeds", "--seed", dest="seeds", nargs="+", type=action.type, metavar="SEED",
+                                help=f"one or more: {action.help}")
+        elif flag == "--dataset":
+            parser.add_argument(flag, choices=action.choices, help=action.help)
+
+
+def add_sweep_parser(commands) -> None:
+    sweep = commands.add_parser(
+        "sweep", help="train a grid of configurations together (vmap, all devices); results to --out",
+        description="Train every combination of the given axes; configurations of one shape train together in "
+        "one compiled program, sharded over every device. Results are appended to OUT/results.jsonl group by "
+        "group; running the same sweep again resumes it.",
+    )
+    add_grid_flags(sweep)
+    add_data_flag(sweep)
+    sweep.add_argument("--grid", type=Path, help="a TOML or JSON file of axes (flags given override its axes)")
+    sweep.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and sweep.json")
+    sweep.add_argument("--overwrite", action="store_true", help="start the sweep in --out over")
+    sweep.add_argument("--group-size", type=int, help="at most this many configurations per compiled group "
+                       "(default: all of one shape; smaller loses less to Ctrl-C)")
+    sweep.add_argument("--cpu-devices", type=int, help="with no accelerator, split the CPU into this many devices "
+                       "(default: one per core)")
+    sweep.add_argument("--top", type=int, help="show only the best N configurations in the summary table")
+    sweep.add_argument("--distributed", action="store_true", help="join a multi-host run through "
+                       "jax.distributed.initialize() (cluster auto-detection, or the three flags below)")
+    sweep.add_argument("--coordinator", help="with --distributed: host:port of process 0")
+    sweep.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
+    sweep.add_argument("--process-id", type=int, help="with --distributed: this process's index")
+    sweep.set_defaults(handler=run_sweep)
+
+
+def sweep_grid(args: argparse.Namespace):
+    """The grid: ``--grid``, else the sweep already in ``--out`` (to resume or grow it), else the
+    defaults; with the axis flags given applied on top."""
+    from jaxdigits.sweep import SweepGrid, load_grid
+    from jaxdigits.sweep_results import SweepFolder
+
+    axes = {name: getattr(args, name) for name in ("hidden", "seeds", "dataset", *GRID_AXES.values())
+            if getattr(args, name, None) is not None}
+    if args.grid is not None:
+        base = load_grid(args.grid)
+    else:
+        base = (None if args.overwrite else SweepFolder(args.out).saved_grid()) or SweepGrid()
+    return base.replace(**axes)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    import shlex
+    import warnings
+
+    import jax
+
+    from jaxdigits.sweep import sweep, use_cpu_cores
+    from jaxdigits.sweep_results import ResultsWarning, SweepFolder, format_table, sizes_label
+
+    if args.distributed:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif args.coordinator or args.num_processes or args.process_id is not None:
+        raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
+    use_cpu_cores(args.cpu_devices)
+    grid = sweep_grid(args)
+    writer = jax.process_index() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ResultsWarning)
+        warnings.showwarning = lambda message, *_, **__: print(f"jaxdigits sweep: warning: {message}", file=sys.stderr)
+        try:
+            result = sweep(grid, data_dir=args.data_dir, out_dir=args.out, overwrite=args.overwrite,
+                           max_group_size=args.group_size, progress=True)
+        except KeyboardInterrupt:
+            if writer and SweepFolder(args.out).saved_grid() is None:
+                print("interrupted before the sweep started; nothing is saved, run the same command again",
+                      file=sys.stderr)
+            elif writer:
+                done = SweepFolder(args.out).finished_count()
+                command = ["jaxdigits", "sweep", "--out", str(args.out)]
+                if args.data_dir is not None:
+                    command += ["--data-dir", str(args.data_dir)]
+                print(f"interrupted; {done} of {len(grid.configs())} configurations are saved in "
+                      f"{args.out / 'results.jsonl'}: resume with `{shlex.join(command)}`", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    if writer:
+        print(format_table(result.records, limit=args.top))
+        finished = [r for r in result.records if r.get("test_accuracy") is not None]
+        diverged = sum(r["diverged"] for r in result.records)
+        summary = f"{len(result.records)} configurations ({result.trained} trained now, {result.resumed} from before"
+        summary += f", {diverged} diverged)" if diverged else ")"
+        if finished:
+            best = max(finished, key=lambda r: r["test_accuracy"])
+            summary += (f"; best {sizes_label(best)} lr {best['lr']:g} seed {best['seed']}: "
+                        f"test accuracy {100 * best['test_accuracy']:.2f}%")
+        print(summary + f"; results in {args.out / 'results.jsonl'}")
     return 0
 
 
