@@ -207,12 +207,19 @@ def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray
 
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            # A header longer than the file means this is no safetensors file (or a truncated
+            # one): refuse it before reading what may be gigabytes of something else.
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len > os.fstat(f.fileno()).st_size - 8:
+                raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupted (header "
+                                      "runs past the end of the file)")
+            f.seek(0)
+            raw = f.read()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
     try:
         tensors = load(raw)
-        header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
     except Exception as exc:  # safetensors reports truncation and garbage in several ways
         raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupted ({exc})") from None

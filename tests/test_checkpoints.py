@@ -162,6 +162,23 @@ def test_a_tampered_resume_checkpoint_is_refused(run_dir):
             folder.load_training(CONFIG, template)
 
 
+def test_a_large_file_of_another_kind_is_refused_without_reading_it(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "dataset.tar"
+    with open(path, "wb") as f:  # 256 MiB (sparse) whose first bytes are no safetensors header
+        f.write(b"ustar\x00\x00\x00")
+        f.truncate(256 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=f"^{path}: not a readable safetensors file.*header runs past"):
+            load_params(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
 class Payload:
     """Unpickling this creates a marker file: proof that a pickle was executed."""
 
