@@ -13,7 +13,7 @@ from jaxdigits.data import Dataset, load_digit_image, load_mnist, read_idx
 from jaxdigits.errors import CheckpointError, ConfigError, DataError, JaxdigitsError, RunFolderError
 from jaxdigits.model import LESSON_SIZES, accuracy, forward, init_mlp, predict
 from jaxdigits.sweep import SweepGrid, SweepResult, load_grid, sweep
-from jaxdigits.sweep_results import ResultsWarning, format_table, read_results
+from jaxdigits.sweep_results import ResultsWarning, aggregate, format_table, read_results
 from jaxdigits.train import TrainResult, TrainState, init_state, make_epoch, make_optimizer, make_step, run_keys, train
 
 __all__ = [
@@ -23,5 +23,5 @@ __all__ = [
     "init_state", "load_digit_image", "load_mnist", "load_params", "make_epoch", "make_optimizer",
     "make_step", "mean_cost", "predict", "quadratic_cost", "read_idx", "run_keys", "save_params", "train",
     "validate_config",
-    "ResultsWarning", "SweepGrid", "SweepResult", "format_table", "load_grid", "read_results", "sweep",
+    "ResultsWarning", "SweepGrid", "SweepResult", "aggregate", "format_table", "load_grid", "read_results", "sweep",
 ]

@@ -432,10 +432,13 @@ def train_group(
     compile_start = time.perf_counter()
     epoch_fn = fns.epoch.lower(states, alive, shuffle_keys, 1, data.train_images, data.train_labels).compile()
     compile_seconds = time.perf_counter() - compile_start
+    train_seconds = 0.0
     for epoch in range(1, program.epochs + 1):
+        epoch_start = time.perf_counter()
         states, alive, costs = epoch_fn(states, alive, shuffle_keys, epoch, data.train_images, data.train_labels)
-        test = _rectangle_accuracy(fns, states.params, data.test_chunks)
         costs, alive_now = _fetch(costs), _fetch(alive)
+        train_seconds += time.perf_counter() - epoch_start
+        test = _rectangle_accuracy(fns, states.params, data.test_chunks)
         for cell in real:
             curve = curves[cell]
             if curve["diverged_epoch"] is not None:
@@ -482,6 +485,7 @@ def train_group(
             "group_size": len(configs),
             "group_seconds": seconds,
             "compile_seconds": compile_seconds,
+            "train_seconds": train_seconds,
             "devices": mesh.size,
         }
     return records

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -272,3 +273,32 @@ def format_table(records: Sequence[dict], limit: int | None = None) -> str:
     if limit and len(records) > limit:
         lines.append(f"... and {len(records) - limit} more")
     return "\n".join(lines)
+
+
+SUMMARY_METRICS = ("test_accuracy", "best_test_accuracy", "train_accuracy")
+
+
+def aggregate(records: Sequence[dict], by: Sequence[str] = ("hidden",)) -> list[dict]:
+    """One row per distinct value of the ``by`` fields (in order of first appearance), e.g. over
+    the seeds of each hidden shape: ``runs``, ``diverged`` (how many), and for each of
+    ``test_accuracy``, ``best_test_accuracy`` and ``train_accuracy`` its ``_mean``, ``_std``
+    (sample standard deviation; 0 for one run), ``_min`` and ``_max`` over the runs that have it.
+    """
+    rows: dict[str, dict] = {}
+    for record in records:
+        key = json.dumps([record[name] for name in by])
+        row = rows.setdefault(key, {**{name: record[name] for name in by}, "runs": 0, "diverged": 0, "_values": {}})
+        row["runs"] += 1
+        row["diverged"] += bool(record.get("diverged"))
+        for metric in SUMMARY_METRICS:
+            if record.get(metric) is not None:
+                row["_values"].setdefault(metric, []).append(record[metric])
+    for row in rows.values():
+        values = row.pop("_values")
+        for metric in SUMMARY_METRICS:
+            v = values.get(metric, [])
+            row[f"{metric}_mean"] = statistics.fmean(v) if v else None
+            row[f"{metric}_std"] = statistics.stdev(v) if len(v) > 1 else (0.0 if v else None)
+            row[f"{metric}_min"] = min(v) if v else None
+            row[f"{metric}_max"] = max(v) if v else None
+    return list(rows.values())
