@@ -86,8 +86,10 @@ def test_every_corrupted_header_byte_and_sampled_data_byte_is_refused(run_dir, n
     data_positions = np.random.default_rng(0).choice(np.arange(header_end, len(raw)), 100, replace=False)
     bad = run_dir / "bad.safetensors"
     loaded = []
+    # 0x01 turns a character of the JSON header into its neighbour ('3' -> '2', '"' -> '#'), the
+    # subtle kind of damage; in the tensor data a high bit flip is as likely
     for position in [*range(header_end), *data_positions.tolist(), len(raw) - 1]:
-        for mask in (0x01, 0x80):
+        for mask in (0x01,) if position < header_end else (0x01, 0x80):
             bad.write_bytes(flipped(raw, position, mask))
             try:
                 load_arrays(bad, fmt)
