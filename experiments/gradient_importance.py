@@ -282,6 +282,12 @@ def draw_landscape(land: dict, path) -> None:
     common.save_figure(fig, path)
 
 
+def _span(values: list[float], spec: str) -> str:
+    """``"a-b"`` for the smallest and largest of ``values`` as formatted, or one number when they agree."""
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}-{high}"
+
+
 def findings(results: dict) -> list[str]:
     """One sentence per finding, with its numbers, from ``results.json``."""
     init, trained = results["initial"], results["trained"]
@@ -289,6 +295,7 @@ def findings(results: dict) -> list[str]:
     def rms(report, layer):
         return next(r["rms"] for r in report["layers"] if r["layer"] == layer and r["kind"] == "weights")
 
+    noise_ratio = trained["minibatch10_gradient_norm_mean"] / trained["gradient_norm"]
     layers = sorted({r["layer"] for r in init["layers"]})
     total = sum(r["count"] for r in init["layers"])
 
@@ -304,12 +311,13 @@ def findings(results: dict) -> list[str]:
     def where(report):
         layer = strongest(report)
         return (
-            f"layer {layer} ({layer_count(layer)} weights and biases, {100 * layer_count(layer) / total:.1f}% of the "
-            f"parameters, hold {100 * layer_share(report, layer):.0f}% of its squared length)"
+            f"layer {layer}, whose {layer_count(layer)} weights and biases ({100 * layer_count(layer) / total:.1f}% of "
+            f"the parameters) hold {100 * layer_share(report, layer):.0f}% of its squared length"
         )
 
     lines = [
-        f"At the random start the gradient points mostly into {where(init)}; after training into {where(trained)}. "
+        f"At the random start the gradient points {'mostly' if layer_share(init, strongest(init)) > 0.5 else 'most'} "
+        f"into {where(init)}; after training into {where(trained)}. "
         f"Per component, a layer-{layers[-1]} weight's gradient is typically "
         f"{rms(init, layers[-1]) / rms(init, 1):.0f} times a layer-1 weight's at the start "
         f"(RMS {rms(init, layers[-1]):.2g} against {rms(init, 1):.2g}) and "
@@ -317,23 +325,25 @@ def findings(results: dict) -> list[str]:
         f"Among pixels, the top 10% hold {100 * init['pixels']['top_10pct_pixels_energy_share']:.0f}% of the first layer's "
         f"gradient at the start and {100 * trained['pixels']['top_10pct_pixels_energy_share']:.0f}% after training; "
         f"{init['pixels']['zero_gradient_pixels']} pixels, those never inked in the training images "
-        f"({init['pixels']['never_inked_pixels']}), get exactly zero, and the map is almost the average digit "
+        f"({init['pixels']['never_inked_pixels']}), get exactly zero, and the map "
+        f"{'is almost' if init['pixels']['correlation_with_pixel_mean'] > 0.9 else 'is not'} the average digit "
         f"(correlation with the mean training image {init['pixels']['correlation_with_pixel_mean']:.3f} at the start, "
         f"{trained['pixels']['correlation_with_pixel_mean']:.3f} after training).",
         f"Training shrinks the full-batch gradient from length {init['gradient_norm']:.3g} to "
         f"{trained['gradient_norm']:.3g} (cost {init['cost']:.3f} to {trained['cost']:.3f}), but one 10-image "
-        f"mini-batch's gradient is still {trained['minibatch10_gradient_norm_mean']:.3g} long on average: "
-        f"near the minimum SGD's steps are mostly noise.",
+        f"mini-batch's gradient is still {trained['minibatch10_gradient_norm_mean']:.3g} long on average, "
+        f"{noise_ratio:.0f} times the full gradient"
+        + (": near the minimum SGD's steps are mostly noise." if noise_ratio > 3 else "."),
     ]
     land = results["landscape"]
-    ends = [p["end_distance_from_trained"] for p in land["paths"]]
+    starts = _span([p["start_cost"] for p in land["paths"]], ".3f")
+    ends = _span([p["end_cost"] for p in land["paths"]], ".3f")
+    distances = _span([p["end_distance_from_trained"] for p in land["paths"]], ".2f")
     lines.append(
         f"On a random 2-D slice through the trained parameters the cost rises from {land['cost_at_trained']:.3f} at the "
         f"trained point to {land['highest_grid_cost']:.3f} at the slice's edge (lowest grid point "
-        f"{land['lowest_grid_cost']:.3f}); gradient descent on the slice rolls from starting costs of "
-        f"{min(p['start_cost'] for p in land['paths']):.3f}-{max(p['start_cost'] for p in land['paths']):.3f} down to "
-        f"{min(p['end_cost'] for p in land['paths']):.3f}-{max(p['end_cost'] for p in land['paths']):.3f}, ending "
-        f"{min(ends):.2f}-{max(ends):.2f} from the trained point (the slice spans +-{land['extent']:g})."
+        f"{land['lowest_grid_cost']:.3f}); gradient descent on the slice rolls from starting costs of {starts} "
+        f"down to {ends}, ending {distances} from the trained point (the slice spans +-{land['extent']:g})."
     )
     return lines
 

@@ -183,19 +183,24 @@ def draw_gallery(networks: list[dict], inputs: dict, path, per_kind: int = 4) ->
 
 def findings(results: dict) -> list[str]:
     """One sentence per finding, with its numbers, from ``results.json``."""
+    names = {"uniform noise": "uniform noise", "sparse noise": "sparse noise", "shuffled digits": "shuffled digits",
+             "fashion": "Fashion-MNIST clothes"}
     lines = []
     for network in results["networks"]:
         k = network["kinds"]
-        digits, noise, shuffled = k["test digits"], k["uniform noise"], k["shuffled digits"]
+        digits, uniform = k["test digits"], k["uniform noise"]
+        shuffled = k["shuffled digits"]["auroc_vs_digits"]
+        others = ", ".join(
+            f"{names[kind]} {100 * k[kind]['fraction_above_0.9']:.0f}%" for kind in names if kind in k
+        )
         lines.append(
-            f"{network['label']}: on real test digits the median top activation is {digits['median']:.2f} "
-            f"(accuracy {100 * digits['accuracy']:.1f}%); on uniform noise it is {noise['median']:.2f}, "
-            f"{100 * noise['fraction_above_0.5']:.0f}% of noise images get a top activation above 0.5 "
-            f"and {100 * noise['most_common_share']:.0f}% are called a {noise['most_common_digit']}; "
-            f"shuffled digits get median {shuffled['median']:.2f} "
-            f"(AUROC for telling digits from noise {noise['auroc_vs_digits']:.2f}, from shuffled digits "
-            f"{shuffled['auroc_vs_digits']:.2f}); a blank image is a {k['blank']['predicted']} "
-            f"({k['blank']['top']:.2f}) and an all-white one a {k['all ones']['predicted']} ({k['all ones']['top']:.2f})."
+            f"{network['label']}, test accuracy {100 * digits['accuracy']:.1f}%: a top output activation above 0.9 "
+            f"for {100 * digits['fraction_above_0.9']:.0f}% of real test digits, and for {others}; "
+            f"uniform noise gets median {uniform['median']:.2f} with {100 * uniform['most_common_share']:.0f}% of it "
+            f"called a {uniform['most_common_digit']}, a blank image is a {k['blank']['predicted']} "
+            f"({k['blank']['top']:.2f}) and an all-white one a {k['all ones']['predicted']} ({k['all ones']['top']:.2f}); "
+            f"the top activation tells digits from uniform noise with AUROC {uniform['auroc_vs_digits']:.2f} "
+            f"{'but' if shuffled < uniform['auroc_vs_digits'] else 'and'} from shuffled digits with {shuffled:.2f}."
         )
     return lines
 
