@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -209,6 +210,29 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path):
     unsharded += jd.sweep(hidden=[(4, 4)], lr=[1.0], seeds=[0, 1, 2], epochs=3, data=DATA).records
     assert {r["devices"] for r in unsharded} == {1}
     assert_same_numbers(sharded, unsharded)
+
+
+def test_distributed_two_processes_equal_one_and_only_process_0_writes(tiny_data_dir, tmp_path):
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "sweep"
+    flags = ["--hidden", "8", "--lr", "0.3", "1", "3", "--seeds", "0", "--epochs", "2", "--cpu-devices", "1",
+             "--data-dir", str(tiny_data_dir), "--out", str(out)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "jaxdigits", "sweep", "--distributed", "--coordinator",
+                          f"localhost:{port}", "--num-processes", "2", "--process-id", str(i), *flags],
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "3 configurations (3 trained now" in outputs[0][0] and "configurations" not in outputs[1][0]
+    records = lines(out)
+    assert {r["devices"] for r in records} == {2} and len(records) == 3
+    data = jd.load_mnist(tiny_data_dir)  # the IDX files hold the images rounded to bytes
+    assert_same_numbers(records, jd.sweep(hidden=[(8,)], lr=[0.3, 1.0, 3.0], seeds=[0], epochs=2, data=data).records)
 
 
 def test_use_cpu_cores_is_refused_once_jax_has_started():
