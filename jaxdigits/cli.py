@@ -1,13 +1,14 @@
 """The ``jaxdigits`` command line: it parses arguments and calls the library, nothing more.
 
 Exit codes: 0 success, 1 a data or checkpoint problem, 2 invalid flags or config (before anything
-compiles), 3 training diverged, 130 interrupted (Ctrl-C; finished work is kept).
+compiles), 3 training diverged, 130 interrupted (Ctrl-C or SIGTERM; finished work is kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -181,7 +182,7 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         flag = action.option_strings[0] if action.option_strings else None
         if flag in GRID_AXES:
             parser.add_argument(flag, dest=GRID_AXES[flag], nargs="+", type=action.type, choices=action.choices,
-                                metavar=flag.lstrip("-").upper().replace("-", "_"),
+                                metavar=None if action.choices else flag.lstrip("-").upper().replace("-", "_"),
                                 help=f"one or more: {action.help}")
         elif flag == "--seed":
             parser.add_argument("--seeds", "--seed", dest="seeds", nargs="+", type=action.type, metavar="SEED",
@@ -199,8 +200,11 @@ def add_sweep_parser(commands) -> None:
     )
     add_grid_flags(sweep)
     add_data_flag(sweep)
-    sweep.add_argument("--grid", type=Path, help="a TOML or JSON file of axes (flags given override its axes)")
-    sweep.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and sweep.json")
+    sweep.add_argument("--grid", type=Path, metavar="FILE",
+                       help="a TOML or JSON file of axes (flags given override its axes)")
+    sweep.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="folder for results.jsonl and sweep.json; a sweep already there is resumed, and "
+                       "axis flags then change its saved axes (a grid that grows trains only what is new)")
     sweep.add_argument("--overwrite", action="store_true", help="start the sweep in --out over")
     sweep.add_argument("--group-size", type=int, help="at most this many configurations per compiled group "
                        "(default: all of one shape; smaller loses less to Ctrl-C)")
@@ -278,10 +282,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxdigits`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a polite kill stops as Ctrl-C does, keeping finished work
     try:
         return args.handler(args)
     except JaxdigitsError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from jaxdigits.costs import COSTS
@@ -75,8 +76,8 @@ def validate_config(config: TrainConfig, num_train: int | None = None) -> TrainC
     _choice("cost", config.cost, tuple(COSTS))
     _choice("optimizer", config.optimizer, OPTIMIZER_NAMES)
     _choice("dataset", config.dataset, DATASETS)
-    if not config.learning_rate > 0:
-        raise ConfigError(f"learning rate must be > 0, got {config.learning_rate}")
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise ConfigError(f"learning rate must be > 0 and finite, got {config.learning_rate}")
     if config.batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {config.batch_size}")
     if num_train is not None and config.batch_size > num_train:
@@ -85,7 +86,7 @@ def validate_config(config: TrainConfig, num_train: int | None = None) -> TrainC
         )
     if config.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
-    if not config.l2 >= 0:
+    if not (math.isfinite(config.l2) and config.l2 >= 0):
         raise ConfigError(f"l2 must be >= 0, got {config.l2}")
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {config.seed}")

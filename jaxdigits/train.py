@@ -214,7 +214,7 @@ def train(
 def _progress_bar(epochs: range, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(epochs, desc="training", unit="epoch", disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(epochs, desc="training", unit="epoch", disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
 def params_to_numpy(params: Params) -> Params:

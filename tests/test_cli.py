@@ -61,6 +61,7 @@ def test_train_evaluate_predict_end_to_end(mnist_dir, mnist, tmp_path):
     [
         (["--lr", "0"], "learning rate must be > 0"),
         (["--lr", "-1"], "learning rate must be > 0"),
+        (["--lr", "inf"], "learning rate must be > 0 and finite"),
         (["--batch-size", "0"], "batch size must be at least 1"),
         (["--batch-size", "201"], "larger than the 200 training images"),
         (["--sizes", "784,16,9"], "must start at 784"),

@@ -202,6 +202,27 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, 
     assert measured(history(out)) == measured(history(tmp_path / "straight"))
 
 
+def test_sigterm_stops_like_ctrl_c(tmp_path, slow_dir):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxdigits", "train", "--data-dir", str(slow_dir), "--out", str(out), "--epochs", str(SLOW_EPOCHS)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / CHECKPOINT_FILE).exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and lines(stderr)[-1].startswith("interrupted; epochs 1-")
+    config = TrainConfig(epochs=SLOW_EPOCHS)
+    _, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0]))
+    assert 1 <= len(saved_history) < SLOW_EPOCHS
+
+
 def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypatch):
     config = TrainConfig(epochs=3)
     data = synthetic_dataset()
