@@ -67,7 +67,7 @@ def summary_markdown(out: Path, quick: bool, failed: dict[str, int]) -> str:
         lines += [f"## {question}", "", f"`experiments/{name}.py`", ""]
         results = completed(out / name, quick)
         if results is None:
-            reason = f"failed with exit code {failed[name]}" if name in failed else "not run"
+            reason = f"failed with exit code {failed[name]}" if name in failed else "was not run"
             lines += [f"No results: the experiment {reason}.", ""]
             continue
         for key, figure in results.get("figures", {}).items():
