@@ -223,17 +223,38 @@ def fetch_with_tfds(name: str) -> dict[str, Path]:
         ) from None
 
 
+def default_data_dir(name: str = "mnist") -> Path | None:
+    """The folder ``$JAXDIGITS_DATA_DIR`` names for dataset ``name``, or ``None`` when unset.
+
+    The variable names the MNIST folder; another dataset is looked for in a folder named after
+    it beside that one (``$JAXDIGITS_DATA_DIR/../fashion_mnist``), never in the MNIST folder.
+    """
+    folder = os.environ.get(DATA_DIR_ENV)
+    if not folder:
+        return None
+    if name == "mnist":
+        return Path(folder).expanduser()
+    sibling = Path(folder).expanduser().resolve().parent / name
+    if not sibling.is_dir():
+        raise DataError(
+            f"{DATA_DIR_ENV} names the MNIST folder and there is no {name} folder beside it "
+            f"({sibling}); pass --data-dir DIR with {name}'s four IDX files"
+        )
+    return sibling
+
+
 def load_mnist(data_dir: str | os.PathLike | None = None, name: str = "mnist") -> Dataset:
     """MNIST (or ``name="fashion_mnist"``) as a ``Dataset`` of numpy arrays.
 
-    Reads the IDX files in ``data_dir`` or ``$JAXDIGITS_DATA_DIR`` when either is set; otherwise
-    downloads them once through tensorflow-datasets' download manager into TFDS's cache.
+    Reads the IDX files in ``data_dir`` when given, else in the folder ``$JAXDIGITS_DATA_DIR``
+    names for ``name`` (see ``default_data_dir``); otherwise downloads them once through
+    tensorflow-datasets' download manager into TFDS's cache.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
-    if data_dir is not None:
-        return load_idx_folder(data_dir)
+    folder = data_dir or default_data_dir(name)
+    if folder is not None:
+        return load_idx_folder(folder)
     return load_idx_files(fetch_with_tfds(name))
 
 

@@ -43,6 +43,16 @@ def test_load_mnist_reads_the_env_folder(tiny_data_dir, monkeypatch):
         jd.load_mnist(name="cifar")
 
 
+def test_env_folder_is_mnist_and_other_datasets_are_looked_for_beside_it(tmp_path, monkeypatch):
+    mnist_folder = write_idx_folder(tmp_path / "mnist", synthetic_dataset(30, 10))
+    monkeypatch.setenv("JAXDIGITS_DATA_DIR", str(mnist_folder))
+    with pytest.raises(jd.DataError, match="no fashion_mnist folder beside it"):
+        jd.load_mnist(name="fashion_mnist")
+    write_idx_folder(tmp_path / "fashion_mnist", synthetic_dataset(20, 10, seed=1))
+    assert len(jd.load_mnist(name="fashion_mnist").train_labels) == 20
+    assert len(jd.load_mnist().train_labels) == 30
+
+
 def test_real_mnist_matches_the_published_files(mnist_dir, mnist):
     assert mnist.train_images.shape == (60000, 784) and mnist.test_images.shape == (10000, 784)
     assert np.bincount(mnist.train_labels).tolist()[:2] == [5923, 6742]
