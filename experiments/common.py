@@ -9,11 +9,9 @@ study. Scripts use only the public ``jaxdigits`` API.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,6 +19,7 @@ import numpy as np
 
 import jaxdigits
 from jaxdigits import Dataset, JaxdigitsError
+from jaxdigits.checkpoint import write_json_atomic
 
 EXIT_INTERRUPTED = 130
 
@@ -71,19 +70,22 @@ def _plain(value: Any) -> Any:
 
 
 def save_json(path: str | os.PathLike, value: Any) -> Path:
-    """Write ``value`` as indented JSON, atomically (a reader sees the old file or the new one)."""
+    """Write ``value`` as indented JSON, atomically (a reader sees the old file or the new one);
+    numpy values become plain numbers and NaN or infinite ones ``null``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_plain(value), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, _plain(value))
     return path
+
+
+def publish(out: Path, results: dict, findings: Callable[[dict], list[str]]) -> dict:
+    """Add ``findings(results)`` (one sentence per finding) to ``results``, save them as
+    ``out/results.json`` and print the sentences; returns ``results``."""
+    results["findings"] = findings(results)
+    save_json(out / "results.json", results)
+    for line in results["findings"]:
+        print(line)
+    return results
 
 
 def pyplot():

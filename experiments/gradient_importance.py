@@ -381,11 +381,7 @@ def run(args: argparse.Namespace) -> dict:
         "first_layer_pixel_map": {stage: pixel_map(g) for stage, g in grads.items()},
         "figures": figures,
     }
-    results["findings"] = findings(results)
-    common.save_json(args.out / "results.json", results)
-    for line in results["findings"]:
-        print(line)
-    return results
+    return common.publish(args.out, results, findings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -232,11 +232,7 @@ def run(args: argparse.Namespace) -> dict:
         "networks": [{k: v for k, v in n.items() if k != "_outputs"} for n in networks],
         "figures": figures,
     }
-    results["findings"] = findings(results)
-    common.save_json(args.out / "results.json", results)
-    for line in results["findings"]:
-        print(line)
-    return results
+    return common.publish(args.out, results, findings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -207,11 +207,7 @@ def run(args: argparse.Namespace) -> dict:
         "figures": {"curves": figure},
     }
     draw(results, args.out / figure)
-    results["findings"] = findings(results)
-    common.save_json(args.out / "results.json", results)
-    for line in results["findings"]:
-        print(line)
-    return results
+    return common.publish(args.out, results, findings)
 
 
 def build_parser() -> argparse.ArgumentParser:
