@@ -8,8 +8,8 @@ each, trained together as one ``jaxdigits.sweep``. Writes:
                        deviation), min and max over seeds of final test accuracy, plus the mean
                        best-epoch test accuracy and final training accuracy
     hidden_sizes.json  the same rows, the best single run and the best shape on average
-    hidden_sizes.png   test accuracy against width, one line per depth, every seed shown; and
-                       training against test accuracy (the generalisation gap)
+    hidden_sizes.png   test error against width (log scales), one line per depth, every seed
+                       shown; and training against test error (the generalisation gap)
     sweep/             the sweep's results.jsonl (resumable: run the study again to continue)
 
     python experiments/hidden_sizes.py --out results/hidden_sizes --data-dir ../shared/mnist
@@ -30,7 +30,7 @@ import sweep_study
 NAME = "hidden_sizes"
 WIDTHS = (4, 8, 16, 32, 64, 128, 256)
 QUICK_WIDTHS = (4, 16)
-SEEDS, EPOCHS = 4, 12
+SEEDS, EPOCHS = 4, 30
 QUICK = {"seeds": 2, "epochs": 2, "num_train": 3000, "num_test": 1000}
 LESSON_RATE = 3.0
 COLUMNS = ("layers", "width", "hidden", "runs", "diverged", "test_accuracy_mean", "test_accuracy_std",
@@ -51,35 +51,51 @@ def table(records: Sequence[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["layers"], r["width"]))
 
 
+CHANCE_LEVEL = 0.2  # a run below this test accuracy is stuck (saturated sigmoids), not learning
+
+
 def plot(records: Sequence[dict], rows: Sequence[dict], path, title: str):
+    """Test error (log scale: 90% is chance, the best are near 2%) against width, per depth."""
     plt = common.pyplot()
-    from matplotlib.ticker import ScalarFormatter
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter, ScalarFormatter
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    widths_all = sorted({r["width"] for r in rows})
     for layers, colour in ((1, "tab:blue"), (2, "tab:orange")):
         mine = [r for r in rows if r["layers"] == layers]
         widths = [r["width"] for r in mine]
-        mean = np.array([r["test_accuracy_mean"] for r in mine]) * 100
-        std = np.array([r["test_accuracy_std"] for r in mine]) * 100
+        error = 100 - 100 * np.array([r["test_accuracy_mean"] for r in mine])
+        std = 100 * np.array([r["test_accuracy_std"] for r in mine])
         label = "1 hidden layer" if layers == 1 else "2 hidden layers (same width)"
-        left.errorbar(widths, mean, yerr=std, color=colour, marker="o", capsize=3, label=label)
+        left.errorbar(widths, error, yerr=np.minimum(std, error * 0.95), color=colour, marker="o", capsize=3,
+                      label=f"{label}: mean ± sd")
         runs = [r for r in records if len(r["hidden"]) == layers and r["test_accuracy"] is not None]
-        left.scatter([r["hidden"][0] * (0.96 if layers == 1 else 1.04) for r in runs],
-                     [100 * r["test_accuracy"] for r in runs], s=8, color=colour, alpha=0.4)
-        right.plot(widths, [100 * r["train_accuracy_mean"] for r in mine], color=colour, marker="o",
-                   label=f"{label}: training")
-        right.plot(widths, mean, color=colour, marker="s", linestyle="--", label=f"{label}: test")
+        left.scatter([r["hidden"][0] * (0.94 if layers == 1 else 1.06) for r in runs],
+                     [100 - 100 * r["test_accuracy"] for r in runs], s=10, color=colour, alpha=0.5)
+        for row in mine:
+            stuck = sum(1 for r in runs if r["hidden"] == row["hidden"] and r["test_accuracy"] < CHANCE_LEVEL)
+            if stuck:
+                left.annotate(f"{stuck}/{row['runs']} stuck", (row["width"], 92 if layers == 1 else 60),
+                              color=colour, fontsize=8, ha="right")
+        right.plot(widths, 100 - 100 * np.array([r["train_accuracy_mean"] for r in mine]), color=colour,
+                   marker="o", label=f"{label}: training")
+        right.plot(widths, error, color=colour, marker="s", linestyle="--", label=f"{label}: test")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(WIDTHS if max(r["width"] for r in rows) > 16 else QUICK_WIDTHS)
+        ax.set_yscale("log")
+        ax.set_xticks(widths_all)
         ax.get_xaxis().set_major_formatter(ScalarFormatter())
+        ax.set_yticks([0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 90])
+        ax.get_yaxis().set_major_formatter(FormatStrFormatter("%g"))
+        ax.get_yaxis().set_minor_formatter(NullFormatter())
         ax.set_xlabel("neurons per hidden layer")
-        ax.grid(alpha=0.3)
-    left.set_ylabel("final test accuracy (%)")
-    left.set_title("test accuracy (mean ± sd over seeds; dots: each seed)")
-    right.set_ylabel("accuracy (%)")
-    right.set_title("training vs test accuracy (means)")
-    left.legend(loc="lower right")
-    right.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    left.set_ylabel("final test error (%, log scale)")
+    left.set_title("test error: mean ± sd over seeds, dots: each seed")
+    right.set_ylabel("error (%, log scale; means over seeds)")
+    right.set_title("training vs test error")
+    left.legend(loc="lower left", fontsize=8)
+    right.legend(loc="lower left", fontsize=8)
     fig.suptitle(title)
     return common.save_figure(fig, path)
 

@@ -1,8 +1,8 @@
 """Which learning rates work for the lesson's network, and does the answer depend on its shape?
 
 The lesson's setup (sigmoid, quadratic cost, SGD, batch 10) at nine learning rates from 0.01 to
-100 for four hidden shapes (784-16-10, 784-16-16-10 -- the lesson's -- 784-64-10, 784-64-64-10),
-two seeds each, trained together as one ``jaxdigits.sweep``. Writes:
+100 for four hidden shapes (784-16-10, 784-16-16-10 -- the lesson's -- 784-64-64-10 and
+784-256-10), two seeds each, trained together as one ``jaxdigits.sweep``. Writes:
 
     learning_rates.csv   per shape and rate: runs, diverged (NaN/inf cost), and the mean, spread
                          (sample standard deviation), min and max over seeds of final test accuracy
@@ -30,7 +30,7 @@ import sweep_study
 
 NAME = "learning_rates"
 RATES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-SHAPES = ((16,), (16, 16), (64,), (64, 64))
+SHAPES = ((16,), (16, 16), (64, 64), (256,))
 LESSON_SHAPE = (16, 16)
 QUICK_RATES = (0.03, 0.3, 3.0, 100.0)
 QUICK_SHAPES = ((8,), (16, 16))

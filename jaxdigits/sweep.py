@@ -7,10 +7,15 @@ How configurations are trained together
     A grid (``SweepGrid``) expands to one ``TrainConfig`` per combination. Configurations that
     compile to the same program (same sizes, activation, cost, optimizer, batch size, epochs, l2
     and dataset: everything but the learning rate and the seed) form a *group*. A group runs the
-    very functions single-run ``train`` runs (``run_keys``, ``init_state``, ``make_epoch``'s
-    ``lax.scan`` epoch, ``accuracy``) under ``jax.vmap``: the parameters, the learning rate (a
-    traced value in the optimizer state, ``optax.inject_hyperparams``) and the seed are arrays
-    with a configuration axis, so one compiled epoch trains the whole group, whatever its rates.
+    very functions single-run ``train`` runs: each member starts as ``train`` starts it
+    (``run_keys``, ``init_state`` with its rate), and the states are stacked; then
+    ``make_epoch``'s ``lax.scan`` epoch (keys ``fold_in(shuffle_key, epoch)``) and ``accuracy``
+    run under ``jax.vmap``: the parameters, the learning rate (a traced value in the optimizer
+    state, ``optax.inject_hyperparams``) and the shuffle key have a configuration axis, so one
+    compiled epoch trains the whole group, whatever its rates. A member's numbers equal those of
+    ``train`` alone up to float rounding (a vmapped matrix product may round its last bit
+    differently; over thousands of SGD steps at a large rate such differences grow until the
+    two runs differ as two runs from nearby seeds do).
 
     Inside a group the configurations are laid out as a (seeds, rates) rectangle: an outer
     ``vmap`` over seeds and an inner one over the rates that share a seed. Configurations with
@@ -22,10 +27,12 @@ How configurations are trained together
 
 Why group by shape instead of padding different widths into one program
     Padding is exact only with masked units and the true fan-in, and every member then pays for
-    the widest member: in an 8-to-256 width study, the 784 x 8 layer would cost as much as the
-    784 x 256 one (32 times its own work). Grouping by shape costs one compilation per shape,
-    about a second here, small next to training on MNIST, and is exact by construction. So
-    groups are by shape; within a shape nothing is padded but the rectangle's filler.
+    the widest member of its depth. Measured on the hidden-size study (widths 4 to 256, one and
+    two layers, 4 seeds, 30 epochs, a 2-core CPU): its 14 per-shape groups trained in 321 s in
+    all; padded to the widest shape of each depth, the same work would have taken about 1110 s
+    (each group at the 256-wide group's time), to save 12 compilations of about 0.6 s each.
+    Grouping by shape is also exact by construction. So groups are by shape; within a shape
+    nothing is padded but the rectangle's filler.
 
 Devices
     The group's configuration axis is sharded over every device in ``jax.devices()`` with a 1-D
@@ -287,9 +294,12 @@ def use_cpu_cores(count: int | None = None) -> bool:
     """Make each CPU core a JAX device, so a sweep on a CPU-only host runs configurations in
     parallel over the cores. Must run before JAX computes anything; returns whether it did.
 
-    ``count`` defaults to the cores this process may use. Harmless where an accelerator is the
-    default device (the CPU devices then go unused).
+    ``count`` defaults to the cores this process may use, unless ``XLA_FLAGS`` already sets
+    ``--xla_force_host_platform_device_count``. Harmless where an accelerator is the default
+    device (the CPU devices then go unused).
     """
+    if count is None and "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return False
     if count is None:
         count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
@@ -567,12 +577,14 @@ def sweep(
     new: dict[str, dict] = {}
     with sweep_results.progress_bar(len(configs), len(done), enabled=progress and writer) as bar:
         for number, group in enumerate(groups, 1):
-            bar.set_description(sweep_results.group_label(number, len(groups), group))
+            label = sweep_results.group_label(number, len(groups), group)
+            bar.set_description(label)
             records = train_group(group, device_data, mesh, on_epoch=bar.epoch)
             if folder is not None:
                 folder.append(records)
             new.update((r["id"], r) for r in records)
             bar.update(len(group))
+            bar.group_done(label, records)
     records = [new.get(config_id(c)) or done[config_id(c)] for c in configs]
     return SweepResult(records, len(new), len(configs) - len(new))
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -207,12 +208,14 @@ def group_label(number: int, total: int, group: Sequence[TrainConfig]) -> str:
 
 
 class _Progress:
-    """A tqdm bar over configurations; the postfix shows the running group's epoch."""
+    """A tqdm bar over configurations (drawn only on a terminal); the postfix shows the running
+    group's epoch, and a line per finished group is printed (in logs too)."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="config", desc="sweep", disable=not enabled,
+        self.enabled = enabled
+        self.bar = tqdm(total=total, initial=initial, unit="config", desc="sweep", disable=None if enabled else True,
                         dynamic_ncols=True, leave=False)
 
     def set_description(self, text: str) -> None:
@@ -223,6 +226,18 @@ class _Progress:
 
     def update(self, count: int) -> None:
         self.bar.update(count)
+
+    def group_done(self, label: str, records: Sequence[dict]) -> None:
+        """Print one line for a finished group: its time and its best test accuracy."""
+        if not self.enabled:
+            return
+        finished = [r for r in records if r.get("test_accuracy") is not None]
+        best = max(finished, key=lambda r: r["test_accuracy"]) if finished else None
+        diverged = sum(bool(r.get("diverged")) for r in records)
+        line = f"{label}: {records[0]['group_seconds']:.1f} s"
+        if best is not None:
+            line += f", best test accuracy {100 * best['test_accuracy']:.2f}% (lr {best['lr']:g}, seed {best['seed']})"
+        self.bar.write(line + (f", {diverged} diverged" if diverged else ""), file=sys.stderr)
 
     def __enter__(self):
         return self
