@@ -384,3 +384,23 @@ def test_ctrl_c_keeps_finished_groups_prints_how_to_resume_and_exits_130(tiny_da
     assert done.returncode == 0, done.stderr
     assert f"5 configurations ({5 - len(kept)} trained now, {len(kept)} from before)" in done.stdout
     assert len(lines(out)) == 5
+
+
+def test_a_hard_kill_loses_only_the_unfinished_group(tiny_data_dir, tmp_path):
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "jaxdigits", "sweep", "--hidden", "8", "7", "6", "5", "4", "--lr", "1",
+               "--epochs", "3", "--data-dir", str(tiny_data_dir), "--out", str(out)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ((out / RESULTS_FILE).exists() and (out / RESULTS_FILE).read_text()) and time.monotonic() < deadline:
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler runs, nothing is flushed on the way out
+    process.wait(timeout=60)
+    kept, _ = read_results(out / RESULTS_FILE)
+    assert 1 <= len(kept) < 5
+    done = subprocess.run([sys.executable, "-m", "jaxdigits", "sweep", "--data-dir", str(tiny_data_dir), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"5 configurations ({5 - len(kept)} trained now, {len(kept)} from before)" in done.stdout
+    assert sorted(r["hidden"][0] for r in lines(out)) == [4, 5, 6, 7, 8]
