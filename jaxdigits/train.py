@@ -118,10 +118,21 @@ def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Arra
     return epoch
 
 
-@functools.lru_cache(maxsize=None)
-def compiled_epoch(config: TrainConfig):
-    """The jit-compiled epoch for a config; the learning rate and seed do not change the program."""
-    return jax.jit(make_epoch(config.replace(learning_rate=1.0, seed=0, epochs=1)))
+def compiled_epoch(config: TrainConfig, state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array):
+    """The ahead-of-time compiled epoch for ``config`` and these argument shapes.
+
+    Compiled once per process and program: the learning rate and the seed are values, not part
+    of the program, so later runs that differ only in those (or repeat a config) reuse it.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten((state, key, images, labels))
+    shapes = tuple(jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x), weak_type=getattr(x, "weak_type", False))
+                   for x in leaves)
+    return _compile_epoch(config.replace(learning_rate=1.0, seed=0, epochs=1), treedef, shapes)
+
+
+@functools.lru_cache(maxsize=32)
+def _compile_epoch(config: TrainConfig, treedef, shapes: tuple):
+    return jax.jit(make_epoch(config)).lower(*jax.tree_util.tree_unflatten(treedef, shapes)).compile()
 
 
 @functools.partial(jax.jit, static_argnames="activation")
@@ -186,7 +197,7 @@ def train(
             run.claim(overwrite=overwrite)
     arrays = tuple(jax.device_put(a) for a in data)
     train_x, train_y = arrays[0], arrays[1]
-    epoch_fn = compiled_epoch(config).lower(state, shuffle_key, train_x, train_y).compile()
+    epoch_fn = compiled_epoch(config, state, shuffle_key, train_x, train_y)
 
     diverged = False
     epochs = range(len(history) + 1, config.epochs + 1)

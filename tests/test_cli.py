@@ -70,7 +70,7 @@ def test_train_evaluate_predict_end_to_end(mnist_dir, mnist, tmp_path):
     ],
 )
 def test_invalid_flags_exit_2_before_anything_compiles(flags, message, tiny_data_dir, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "compiled_epoch", lambda config: pytest.fail("compiled despite bad flags"))
+    monkeypatch.setattr(train_module, "compiled_epoch", lambda *args: pytest.fail("compiled despite bad flags"))
     code = cli.main(["train", "--data-dir", str(tiny_data_dir), *flags])
     err = capsys.readouterr().err
     assert code == 2
