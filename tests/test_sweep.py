@@ -166,7 +166,8 @@ def test_a_diverging_configuration_is_marked_and_the_others_go_on():
     assert_matches_train(by_rate[(1.0, 0)])
     assert_matches_train(by_rate[(0.1, 0)])
     # Diverging in the very first epoch leaves no finite epoch: the accuracies are null.
-    first = jd.sweep(hidden=[(8,)], lr=[1e20, 0.1], seeds=[0], epochs=2, data=DATA).records[0]
+    # (lr 1e20 with l2 4 multiplies the weights by -4e20 in one step: they overflow at once.)
+    first = jd.sweep(hidden=[(8,)], lr=[1e20, 0.1], seeds=[0], epochs=2, l2=4.0, data=DATA).records[0]
     assert first["diverged"] and first["diverged_epoch"] == 1 and first["test_accuracy"] is None
     assert first["cost_curve"] == [] and first["train_accuracy"] is None
 
