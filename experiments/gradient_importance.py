@@ -21,7 +21,6 @@ rolling downhill" picture.
 from __future__ import annotations
 
 import argparse
-import functools
 from typing import Sequence
 
 import jax

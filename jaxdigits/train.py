@@ -20,9 +20,8 @@ import optax
 
 from jaxdigits import checkpoint
 from jaxdigits.config import TrainConfig, validate_config
-from jaxdigits.costs import COSTS, mean_cost
+from jaxdigits.costs import mean_cost
 from jaxdigits.data import Dataset, load_mnist
-from jaxdigits.errors import ConfigError
 from jaxdigits.model import Params, accuracy, init_mlp
 
 
