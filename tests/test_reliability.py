@@ -162,9 +162,8 @@ def slow_dir(tmp_path_factory) -> Path:
     return write_idx_folder(tmp_path_factory.mktemp("slow") / "data", synthetic_dataset(15000, 100), compress=False)
 
 
-def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, slow_dir):
-    out = tmp_path / "run"
-    args = ["train", "--data-dir", str(slow_dir), "--out", str(out), "--epochs", str(SLOW_EPOCHS)]
+def signal_after_first_epoch(args: list[str], out: Path, signum: int) -> tuple[int, str]:
+    """Run ``jaxdigits *args`` and send ``signum`` once epoch 1's checkpoint exists; ``(exit code, stderr)``."""
     process = subprocess.Popen([sys.executable, "-m", "jaxdigits", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -172,11 +171,18 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, 
         while not (out / CHECKPOINT_FILE).exists():  # appears, complete, once epoch 1 is done
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.005)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr
+    return process.returncode, stderr
+
+
+def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, slow_dir):
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(slow_dir), "--out", str(out), "--epochs", str(SLOW_EPOCHS)]
+    returncode, stderr = signal_after_first_epoch(args, out, signal.SIGINT)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr
     message = lines(stderr)[-1]
     match = re.fullmatch(r"interrupted; epochs 1-(\d+) are saved, resume with `(.*)`", message)
@@ -204,19 +210,9 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, 
 
 def test_sigterm_stops_like_ctrl_c(tmp_path, slow_dir):
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jaxdigits", "train", "--data-dir", str(slow_dir), "--out", str(out), "--epochs", str(SLOW_EPOCHS)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / CHECKPOINT_FILE).exists():
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.005)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 130, stderr
+    args = ["train", "--data-dir", str(slow_dir), "--out", str(out), "--epochs", str(SLOW_EPOCHS)]
+    returncode, stderr = signal_after_first_epoch(args, out, signal.SIGTERM)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr and lines(stderr)[-1].startswith("interrupted; epochs 1-")
     config = TrainConfig(epochs=SLOW_EPOCHS)
     _, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0]))
