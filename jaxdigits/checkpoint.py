@@ -1,16 +1,15 @@
 """Checkpoints and run folders: safetensors arrays + JSON, written atomically, loaded with checks.
 
-No pickle anywhere. Every array file records a format name and version, the config it belongs to
-and a SHA-256 of its tensors and metadata; loading checks all three and the array names and
-shapes, so a truncated, corrupted or mismatched file is refused with one clear ``CheckpointError``.
-
-Every file is written atomically (temporary file in the same folder, fsync, rename), and the files
-of one save are written with Ctrl-C held off, so a kill or an interrupt at any moment leaves the
-folder as it was after the previous complete epoch.
+No pickle anywhere. Every array file records a format name and version, the network it holds
+(sizes, activation, output function, dtype) and a SHA-256 of its tensors and metadata; loading
+checks all of them and the array names, shapes and dtypes, so a truncated, corrupted or
+mismatched file is refused with one clear ``CheckpointError``, and a loaded network computes as
+it was trained.
 
 A run folder (``--out``) holds:
-    params.safetensors       final parameters (self-describing: config inside)
-    run.json                 config, final metrics, library versions, device
+    params.safetensors       final network (self-describing: network and config inside)
+    run.json                 the run's record: config fields, status, final metrics, curves,
+                             data, library versions, device (the same record a sweep writes)
     history.json             one record per epoch
     checkpoint.safetensors   params, optimizer state, RNG key, epoch and history after the last
                              complete epoch, for ``--resume``
@@ -18,167 +17,26 @@ A run folder (``--out``) holds:
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
-import math
 import os
-import platform
-import signal
-import tempfile
-import threading
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdigits.config import TrainConfig
 from jaxdigits.errors import CheckpointError, ConfigError, RunFolderError
-from jaxdigits.model import Params
+from jaxdigits.files import RUN_MARKERS, claim_folder, environment_info, interrupts_deferred, json_safe, write_atomic, write_json
+from jaxdigits.model import Network
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PARAMS_FORMAT = "jaxdigits-params"
 TRAINING_FORMAT = "jaxdigits-training-state"
-PARAMS_FILE = "params.safetensors"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-RUN_FILE = "run.json"
-HISTORY_FILE = "history.json"
-RUN_FILES = (PARAMS_FILE, CHECKPOINT_FILE, RUN_FILE, HISTORY_FILE)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over
-    ``path``; a crash at any point leaves the previous file intact. A failed write (disk full,
-    no permission) raises ``CheckpointError`` and leaves no temporary file behind.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path.name), suffix=".tmp")
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_folder(path.parent)
-    except OSError as exc:
-        raise CheckpointError(
-            f"{path}: cannot write ({exc.strerror or exc}); the previous version, if any, is intact"
-        ) from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-
-
-def _temporary_prefix(name: str) -> str:
-    return f".{name}."
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where the platform allows syncing a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_deferring = threading.local()
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Hold Ctrl-C (SIGINT) off while a group of files is written; it takes effect right after.
-
-    However often Ctrl-C is pressed, the files of one save are then all from the same epoch.
-    Outside the main thread, where Python cannot catch signals, this does nothing (each file is
-    still written atomically).
-    """
-    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    _deferring.active = True
-    try:
-        yield
-    finally:
-        _deferring.active = False
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """``write_atomic`` of ``value`` as indented, strict JSON (see ``json_safe``)."""
-    write_atomic(path, (json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n").encode())
-
-
-def environment_info() -> dict[str, str]:
-    """Versions of the libraries that produced a result, and the device it ran on."""
-    return dict(_environment())
-
-
-@functools.lru_cache(maxsize=None)
-def _environment() -> dict[str, str]:
-    info = {}
-    for package in ("jaxdigits", "jax", "jaxlib", "optax", "numpy"):
-        try:
-            info[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            info[package] = "unknown"
-    device = jax.devices()[0]
-    info.update(platform=device.platform, device_kind=device.device_kind, python=platform.python_version())
-    return info
-
-
-def describe_data(data, name: str) -> dict[str, Any]:
-    """Name, sizes and SHA-256 of a ``Dataset``: recorded with a run, checked on ``--resume``."""
-    h = hashlib.sha256()
-    for array in data:
-        array = np.ascontiguousarray(array)
-        h.update(f"{array.dtype.str}:{array.shape}".encode())
-        h.update(memoryview(array).cast("B"))
-    return {
-        "name": name,
-        "train_examples": int(len(data[0])),
-        "test_examples": int(len(data[2])),
-        "sha256": h.hexdigest(),
-    }
+PARAMS_FILE, CHECKPOINT_FILE, RUN_FILE, HISTORY_FILE = RUN_MARKERS
+RUN_FILES = RUN_MARKERS
 
 
 def _digest(tensors: dict[str, np.ndarray], info_text: str) -> str:
@@ -241,36 +99,55 @@ def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray
     return tensors, info
 
 
-def params_to_tensors(params: Params, prefix: str = "params") -> dict[str, np.ndarray]:
+def network_spec(network: Network) -> dict[str, Any]:
+    """What a file records about a network besides its arrays."""
+    return {"sizes": list(network.sizes), "activation": network.activation, "output": network.output,
+            "dtype": str(np.dtype(network.dtype))}
+
+
+def params_to_tensors(network: Network, prefix: str = "params") -> dict[str, np.ndarray]:
     """``{"params.0.w": (784, 16), "params.0.b": (16,), ...}`` numpy arrays."""
-    return {f"{prefix}.{i}.{k}": np.asarray(layer[k]) for i, layer in enumerate(params) for k in ("w", "b")}
+    return {f"{prefix}.{i}.{k}": np.asarray(layer[k]) for i, layer in enumerate(network.layers) for k in ("w", "b")}
 
 
-def params_from_tensors(tensors: dict[str, np.ndarray], sizes: tuple[int, ...], path: Path, prefix: str = "params") -> Params:
-    """The params pytree from ``tensors``, checking names and shapes against ``sizes``."""
-    params = []
+def network_from_tensors(tensors: dict[str, np.ndarray], spec: Any, path: Path, prefix: str = "params") -> Network:
+    """The ``Network`` from ``tensors``, checking names, shapes and dtypes against ``spec``."""
+    try:
+        sizes = tuple(int(s) for s in spec["sizes"])
+        dtype = np.dtype(spec["dtype"])
+        activation, output = spec["activation"], spec["output"]
+        if len(sizes) < 2 or min(sizes) < 1 or dtype not in (np.float32, np.float64):
+            raise ValueError(f"sizes {list(sizes)}, dtype {dtype}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the recorded network is unreadable ({exc})") from None
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise CheckpointError(f"{path}: holds float64 params; call jax.config.update('jax_enable_x64', True) first")
+    layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layer = {}
         for key, shape in (("w", (fan_in, fan_out)), ("b", (fan_out,))):
             name = f"{prefix}.{i}.{key}"
             if name not in tensors:
                 raise CheckpointError(f"{path}: missing array {name!r} for sizes {list(sizes)}")
-            if tensors[name].shape != shape or tensors[name].dtype != np.float32:
+            if tensors[name].shape != shape or tensors[name].dtype != dtype:
                 raise CheckpointError(
                     f"{path}: array {name!r} is {tensors[name].dtype}{list(tensors[name].shape)}, "
-                    f"expected float32{list(shape)} for sizes {list(sizes)}"
+                    f"expected {dtype}{list(shape)} for sizes {list(sizes)}"
                 )
-            layer[key] = jax.numpy.asarray(tensors[name])
-        params.append(layer)
-    expected = 2 * len(params)
-    if sum(name.startswith(prefix + ".") for name in tensors) != expected:
+            layer[key] = jnp.asarray(tensors[name])
+        layers.append(layer)
+    if sum(name.startswith(prefix + ".") for name in tensors) != 2 * len(layers):
         raise CheckpointError(f"{path}: holds more layers than sizes {list(sizes)} describe")
-    return params
+    try:
+        return Network(layers, activation, output)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
-def save_params(path: str | os.PathLike, params: Params, config: TrainConfig, info: dict[str, Any] | None = None) -> None:
-    """Save params with their config (and any ``info``) so the file alone can be evaluated."""
-    save_arrays(path, params_to_tensors(params), PARAMS_FORMAT, {"config": config.to_dict(), **(info or {})})
+def save_params(path: str | os.PathLike, network: Network, info: dict[str, Any] | None = None) -> None:
+    """Save a network (arrays, sizes, activation, output function, dtype) and any ``info`` (for
+    example its config), so that the file alone can be evaluated."""
+    save_arrays(path, params_to_tensors(network), PARAMS_FORMAT, {**(info or {}), "network": network_spec(network)})
 
 
 def resolve_params_path(path: str | os.PathLike) -> Path:
@@ -288,26 +165,16 @@ def resolve_params_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _config_from_info(info: dict[str, Any], path: Path) -> TrainConfig:
-    from jaxdigits.config import validate_config
-
-    try:
-        return validate_config(TrainConfig.from_dict(info["config"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # ConfigError is a ValueError
-        raise CheckpointError(f"{path}: recorded config is unreadable ({exc})") from None
-
-
-def load_params(path: str | os.PathLike) -> tuple[Params, TrainConfig, dict[str, Any]]:
-    """``(params, config, info)`` from a params file or a run folder, validated."""
+def load_params(path: str | os.PathLike) -> tuple[Network, dict[str, Any]]:
+    """``(network, info)`` from a params file or a run folder, checked; ``info["config"]`` holds
+    the run's config fields when it was saved by a run."""
     path = resolve_params_path(path)
     tensors, info = load_arrays(path, PARAMS_FORMAT)
-    config = _config_from_info(info, path)
-    return params_from_tensors(tensors, config.sizes, path), config, info
+    return network_from_tensors(tensors, info.get("network"), path), info
 
 
-def _differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
-    a, b = saved.to_dict(), given.to_dict()
-    return [f"{k} {a[k]} (saved) vs {b[k]}" for k in a if k != "epochs" and a[k] != b[k]]
+def _differences(saved: dict, given: dict) -> list[str]:
+    return [f"{k} {saved.get(k)} (saved) vs {given[k]}" for k in given if k != "epochs" and saved.get(k) != given[k]]
 
 
 class RunFolder:
@@ -315,85 +182,71 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.lock = None
 
-    def holds_run(self) -> bool:
-        """Whether the folder already holds files of a run."""
-        return any((self.path / name).exists() for name in RUN_FILES)
+    def claim(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Lock the folder for this process and make it ready: a folder holding a run is resumed
+        with ``resume``, replaced with ``overwrite`` (only the run's own files), refused otherwise."""
+        self.lock = claim_folder(self.path, "run", RUN_FILES, resume=resume, overwrite=overwrite)
 
-    def claim(self, overwrite: bool = False) -> None:
-        """Make the folder ready for a new run; refuse one that holds another run unless ``overwrite``.
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
-        Only the run's own files are ever removed; anything else in the folder is left alone.
-        """
-        if self.path.exists() and not self.path.is_dir():
-            raise RunFolderError(f"{self.path}: --out must be a folder, and this is a file")
-        try:
-            if self.holds_run():
-                if not overwrite:
-                    raise RunFolderError(
-                        f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
-                    )
-                for name in RUN_FILES:
-                    (self.path / name).unlink(missing_ok=True)
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunFolderError(f"{self.path}: cannot use as --out ({exc.strerror or exc})") from None
-        self.remove_temporaries()
-
-    def remove_temporaries(self) -> None:
-        """Delete temporary files that a run killed in the middle of a write left behind."""
-        for name in RUN_FILES:
-            for leftover in self.path.glob(f"{_temporary_prefix(name)}*.tmp"):
-                leftover.unlink(missing_ok=True)
-
-    def saved_config(self) -> TrainConfig | None:
-        """The config of the run to resume, or None when the folder holds no checkpoint."""
+    def saved_config(self) -> dict | None:
+        """The config fields of the run to resume, or None when the folder holds no checkpoint."""
         path = self.path / CHECKPOINT_FILE
         if not path.is_file():
             return None
-        _, info = load_arrays(path, TRAINING_FORMAT)
-        return _config_from_info(info, path)
+        config = load_arrays(path, TRAINING_FORMAT)[1].get("config")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path}: the recorded config is unreadable")
+        return config
 
     def completed_epochs(self) -> int:
         """How many epochs the resume checkpoint holds (0 when there is none)."""
         path = self.path / CHECKPOINT_FILE
         return int(load_arrays(path, TRAINING_FORMAT)[1].get("epoch", 0)) if path.is_file() else 0
 
-    def save_training(self, config: TrainConfig, state, history: list[dict], data_info: dict | None = None) -> None:
+    def save_training(self, config: TrainConfig, state, history: list[dict], data_info: dict) -> None:
         """Atomically checkpoint everything needed to resume after the last complete epoch.
 
-        The checkpoint and ``history.json`` are written with Ctrl-C held off, so both always
-        describe the same epoch.
+        The checkpoint and ``history.json`` are written with Ctrl-C and SIGTERM held off, so both
+        always describe the same epoch.
         """
-        leaves = jax.tree_util.tree_leaves(state.opt_state)
         tensors = params_to_tensors(state.params)
-        tensors.update({f"opt_state.{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+        tensors.update({f"opt_state.{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree_util.tree_leaves(state.opt_state))})
         tensors["rng.seed_key"] = np.asarray(jax.random.PRNGKey(config.seed))
         info = {
-            "config": config.to_dict(), "epoch": len(history), "history": history,
-            "data": data_info, "environment": environment_info(),
+            "config": config.to_dict(), "network": network_spec(state.params), "epoch": len(history),
+            "history": history, "data": data_info, "environment": environment_info(),
         }
         with interrupts_deferred():
             save_arrays(self.path / CHECKPOINT_FILE, tensors, TRAINING_FORMAT, info)
-            write_json_atomic(self.path / HISTORY_FILE, history)
+            write_json(self.path / HISTORY_FILE, history)
 
-    def load_training(self, config: TrainConfig, template, data_info: dict | None = None) -> tuple[Any, list[dict]]:
+    def load_training(self, config: TrainConfig, template, data_info: dict) -> tuple[Any, list[dict]]:
         """``(state, history)`` from the checkpoint; ``template`` is a fresh state of the same config.
 
-        Refuses a checkpoint of another config (epochs aside) or, given ``data_info``, of other data.
+        Refuses a checkpoint of another config (epochs aside) or of other data.
         """
         path = self.path / CHECKPOINT_FILE
         if not path.is_file():
-            raise RunFolderError(f"{self.path}: no checkpoint to resume from; run without --resume to start")
+            if any((self.path / name).exists() for name in RUN_FILES):
+                raise RunFolderError(f"{self.path} holds a run but no {CHECKPOINT_FILE} to resume from; "
+                                     "pass --overwrite to start it over")
+            raise RunFolderError(f"{self.path}: no run to resume; run without --resume to start one")
         tensors, info = load_arrays(path, TRAINING_FORMAT)
-        saved = _config_from_info(info, path)
-        differences = _differences(saved, config)
+        saved = info.get("config")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: the recorded config is unreadable")
+        differences = _differences(saved, config.to_dict())
         if differences:
             raise ConfigError(
                 f"--resume with a different config ({'; '.join(differences)}); drop those flags or use a new --out"
             )
         saved_data = info.get("data")
-        if data_info and isinstance(saved_data, dict) and saved_data.get("sha256") != data_info.get("sha256"):
+        if isinstance(saved_data, dict) and saved_data.get("sha256") != data_info.get("sha256"):
             raise ConfigError(
                 f"--resume with different data: the run trained on {saved_data.get('train_examples')} "
                 f"training images with sha256 {str(saved_data.get('sha256'))[:12]}, these are "
@@ -402,14 +255,16 @@ class RunFolder:
             )
         if not np.array_equal(tensors.get("rng.seed_key"), np.asarray(jax.random.PRNGKey(config.seed))):
             raise CheckpointError(f"{path}: RNG key does not match seed {config.seed}")
-        params = params_from_tensors(tensors, config.sizes, path)
+        network = network_from_tensors(tensors, info.get("network"), path)
+        if network_spec(network) != network_spec(template.params):
+            raise CheckpointError(f"{path}: the saved network {network_spec(network)} is not this config's")
         leaves, treedef = jax.tree_util.tree_flatten(template.opt_state)
         restored = []
         for i, leaf in enumerate(leaves):
             array = tensors.get(f"opt_state.{i}")
             if array is None or array.shape != np.shape(leaf) or array.dtype != np.asarray(leaf).dtype:
-                raise CheckpointError(f"{path}: optimizer state does not match optimizer {config.optimizer!r}")
-            restored.append(jax.numpy.asarray(array))
+                raise CheckpointError(f"{path}: optimizer state does not match optimizer {config.to_dict()['optimizer']!r}")
+            restored.append(jnp.asarray(array))
         history = info.get("history")
         if (
             not isinstance(history, list)
@@ -422,24 +277,12 @@ class RunFolder:
                 f"the run in {self.path} has already completed {len(history)} epochs, more than "
                 f"--epochs {config.epochs}; pass --epochs {len(history)} or more"
             )
-        self.remove_temporaries()
-        return type(template)(params, jax.tree_util.tree_unflatten(treedef, restored)), history
+        return type(template)(network, jax.tree_util.tree_unflatten(treedef, restored)), history
 
-    def save_result(
-        self, config: TrainConfig, params: Params, history: list[dict], diverged: bool, data_info: dict | None = None
-    ) -> None:
-        """Write the final params, ``run.json`` (config, data, metrics, versions) and ``history.json``."""
-        finished = [h for h in history if not h.get("diverged")]
-        metrics = {
-            "epochs_completed": len(finished),
-            "diverged": diverged,
-            "test_accuracy": finished[-1]["test_accuracy"] if finished else None,
-            "train_accuracy": finished[-1]["train_accuracy"] if finished else None,
-            "cost": finished[-1]["cost"] if finished else None,
-        }
-        environment = environment_info()
-        extra = {"data": data_info, "metrics": metrics, "environment": environment}
+    def save_result(self, network: Network, record: dict, history: list[dict]) -> None:
+        """Write the final network, ``run.json`` (the run's record) and ``history.json``."""
+        config = {name: record[name] for name in TrainConfig.__dataclass_fields__}
         with interrupts_deferred():
-            save_params(self.path / PARAMS_FILE, params, config, extra)
-            write_json_atomic(self.path / RUN_FILE, {"config": config.to_dict(), **extra})
-            write_json_atomic(self.path / HISTORY_FILE, history)
+            save_params(self.path / PARAMS_FILE, network, {"config": config, "record": record})
+            write_json(self.path / RUN_FILE, record)
+            write_json(self.path / HISTORY_FILE, history)

@@ -19,30 +19,38 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 784,16,16,10")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags that set ``TrainConfig`` fields; unset flags stay ``None`` (= keep the default)."""
-    from jaxdigits.config import OPTIMIZER_NAMES
-    from jaxdigits.costs import COSTS
-    from jaxdigits.data import DATASETS
-    from jaxdigits.model import ACTIVATIONS
+def _parsed(name: str):
+    """An argparse type that checks a flag's text with the run schema's own coercion."""
+    from jaxdigits.config import coerce
 
-    parser.add_argument("--sizes", type=_sizes, help="layer sizes, first 784 and last 10 (default 784,16,16,10)")
-    parser.add_argument("--activation", choices=tuple(ACTIVATIONS), help="hidden activation (default sigmoid)")
-    parser.add_argument("--cost", choices=tuple(COSTS), help="cost function (default quadratic)")
-    parser.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help="optax optimizer (default sgd)")
-    parser.add_argument("--lr", type=float, dest="learning_rate", help="learning rate (default 3.0)")
-    parser.add_argument("--batch-size", type=int, help="mini-batch size (default 10)")
-    parser.add_argument("--epochs", type=int, help="epochs (default 30)")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--l2", type=float, help="L2 penalty coefficient (default 0)")
-    parser.add_argument("--dataset", choices=DATASETS, help="dataset (default mnist)")
+    def parse(text: str):
+        try:
+            return coerce(name, text, text=True)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
+
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """A flag per ``TrainConfig`` field (``--batch-size`` for ``batch_size``), Python-only fields
+    aside; with ``many`` each takes one or more values (sweep axes). Unset flags stay ``None``."""
+    from jaxdigits.config import DEFAULTS, FIELDS, describe
+
+    for name, setting in FIELDS.items():
+        if setting.kind == "function":
+            continue
+        default = describe(getattr(DEFAULTS, name))
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        parser.add_argument(
+            _flag(name), dest=name, type=_parsed(name), nargs="+" if many else None,
+            metavar="|".join(setting.choices) if setting.choices else name.upper(),
+            help=f"{'one or more: ' if many else ''}{setting.help} (default {shown})",
+        )
 
 
 def add_data_flag(parser: argparse.ArgumentParser) -> None:
@@ -51,12 +59,20 @@ def add_data_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-CONFIG_FIELDS = ("sizes", "activation", "cost", "optimizer", "learning_rate", "batch_size", "epochs", "seed", "l2", "dataset")
+def _out_folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--out must name a folder")
+    path = Path(text)
+    if path.resolve() == Path(path.resolve().anchor):
+        raise argparse.ArgumentTypeError(f"{text!r} is the root folder; give a folder of its own")
+    return path
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """The config fields given explicitly on the command line."""
-    return {name: getattr(args, name) for name in CONFIG_FIELDS if getattr(args, name, None) is not None}
+    from jaxdigits.config import FIELDS
+
+    return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a network and save it to --out")
     add_config_flags(train)
     add_data_flag(train)
-    train.add_argument("--out", type=Path, help="folder for params, checkpoint, run.json and history.json")
+    train.add_argument("--out", type=_out_folder, help="folder for params, checkpoint, run.json and history.json")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.set_defaults(handler=run_train)
@@ -86,30 +102,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import warnings
+
     from jaxdigits.checkpoint import RunFolder
-    from jaxdigits.config import TrainConfig, validate_config
-    from jaxdigits.train import train
+    from jaxdigits.config import TrainConfig
+    from jaxdigits.training import StalledWarning, train
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out, the folder of the run to continue")
-    base = (RunFolder(args.out).saved_config() if args.resume else None) or TrainConfig()
-    config = validate_config(base.replace(**config_overrides(args)))
+    saved = RunFolder(args.out).saved_config() if args.resume else None
+    config = (TrainConfig.from_dict(saved) if saved else TrainConfig()).replace(**config_overrides(args))
     try:
-        result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
-                       overwrite=args.overwrite, progress=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", StalledWarning)
+            warnings.showwarning = lambda message, *_, **__: print(f"jaxdigits train: warning: {message}", file=sys.stderr)
+            result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
+                           overwrite=args.overwrite, progress=True)
     except KeyboardInterrupt:
         print(_interrupted_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.diverged:
         epoch = result.history[-1]["epoch"]
         kept = f"; epoch {epoch - 1}'s params are saved in {args.out}" if args.out is not None and epoch > 1 else ""
-        print(f"diverged at epoch {epoch}; try a smaller --lr (now {config.learning_rate}){kept}", file=sys.stderr)
+        cause = f"--lr (now {config.lr:g})" + (f" or --l2 (now {config.l2:g})" if config.l2 else "")
+        print(f"diverged at epoch {epoch}; try a smaller {cause}{kept}", file=sys.stderr)
         return EXIT_DIVERGED
-    last = result.history[-1] if result.history else None
-    if last is not None:
-        print(f"done: test accuracy {100 * last['test_accuracy']:.2f}%" + (f", saved to {args.out}" if args.out else ""))
+    record = result.record
+    if record["test_accuracy"] is not None:
+        saved_to = f", saved to {args.out}" if args.out else ""
+        print(f"done ({record['status']}): test accuracy {100 * record['test_accuracy']:.2f}%{saved_to}")
     return 0
 
 
@@ -134,61 +157,32 @@ def _interrupted_message(args: argparse.Namespace) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     from jaxdigits.checkpoint import load_params
     from jaxdigits.data import load_mnist
-    from jaxdigits.train import evaluate
+    from jaxdigits.training import evaluate
 
-    params, config, _ = load_params(args.checkpoint)
-    data = load_mnist(args.data_dir, config.dataset)
-    acc = float(evaluate(params, data.test_images, data.test_labels, config.activation))
-    print(f"test accuracy {100 * acc:.2f}% ({config.dataset}, {len(data.test_labels)} images)")
+    network, info = load_params(args.checkpoint)
+    dataset = (info.get("config") or {}).get("dataset", "mnist")
+    data = load_mnist(args.data_dir, dataset)
+    if data.inputs != network.sizes[0] or data.num_classes != network.sizes[-1]:
+        raise ConfigError(f"the network takes {network.sizes[0]} inputs and {network.sizes[-1]} classes; "
+                          f"{dataset} has {data.inputs} and {data.num_classes}")
+    acc = evaluate(network, data.test_images, data.test_labels)
+    print(f"test accuracy {100 * acc:.2f}% ({dataset}, {len(data.test_labels)} images)")
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from jaxdigits.checkpoint import load_params
-    from jaxdigits.costs import COSTS
     from jaxdigits.data import load_digit_image
     from jaxdigits.model import predict
 
-    params, config, _ = load_params(args.checkpoint)
+    network, _ = load_params(args.checkpoint)
     image = load_digit_image(args.image)
-    digit, activations = predict(params, image[None, :], config.activation, COSTS[config.cost].output)
+    if network.sizes[0] != image.shape[-1]:
+        raise ConfigError(f"the network takes {network.sizes[0]} inputs, not a 28x28 digit image")
+    digit, activations = predict(network, image[None, :].astype(network.dtype))
     print(f"digit {int(digit[0])}")
     print("activations " + " ".join(f"{d}:{float(a):.3f}" for d, a in enumerate(activations[0])))
     return 0
-
-
-# The sweep's grid axes: add_config_flags' flags, under the same names, taking several values.
-GRID_AXES = {"--lr": "lr", "--activation": "activation", "--cost": "cost", "--optimizer": "optimizer",
-             "--batch-size": "batch_size", "--epochs": "epochs", "--l2": "l2"}
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    if text.lower() == "none":
-        return ()
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a hidden shape: comma-separated widths like 16,16, or none")
-    return widths
-
-
-def add_grid_flags(parser: argparse.ArgumentParser) -> None:
-    """``--hidden``, ``--seeds`` and every ``add_config_flags`` axis as a flag taking one or more values."""
-    template = argparse.ArgumentParser(add_help=False)
-    add_config_flags(template)
-    parser.add_argument("--hidden", nargs="+", type=_hidden, metavar="W[,W...]",
-                        help="hidden-layer shapes, e.g. 16,16 32 64,64 (none: no hidden layer; default 16,16)")
-    for action in template._actions:
-        flag = action.option_strings[0] if action.option_strings else None
-        if flag in GRID_AXES:
-            parser.add_argument(flag, dest=GRID_AXES[flag], nargs="+", type=action.type, choices=action.choices,
-                                metavar=None if action.choices else flag.lstrip("-").upper().replace("-", "_"),
-                                help=f"one or more: {action.help}")
-        elif flag == "--seed":
-            parser.add_argument("--seeds", "--seed", dest="seeds", nargs="+", type=action.type, metavar="SEED",
-                                help=f"one or more: {action.help}")
-        elif flag == "--dataset":
-            parser.add_argument(flag, choices=action.choices, help=action.help)
 
 
 def add_sweep_parser(commands) -> None:
@@ -198,19 +192,19 @@ def add_sweep_parser(commands) -> None:
         "one compiled program, sharded over every device. Results are appended to OUT/results.jsonl group by "
         "group; running the same sweep again resumes it.",
     )
-    add_grid_flags(sweep)
+    add_config_flags(sweep, many=True)
     add_data_flag(sweep)
     sweep.add_argument("--grid", type=Path, metavar="FILE",
                        help="a TOML or JSON file of axes (flags given override its axes)")
-    sweep.add_argument("--out", type=Path, required=True, metavar="DIR",
+    sweep.add_argument("--out", type=_out_folder, required=True, metavar="DIR",
                        help="folder for results.jsonl and sweep.json; a sweep already there is resumed, and "
                        "axis flags then change its saved axes (a grid that grows trains only what is new)")
     sweep.add_argument("--overwrite", action="store_true", help="start the sweep in --out over")
-    sweep.add_argument("--group-size", type=int, help="at most this many configurations per compiled group "
+    sweep.add_argument("--group-size", type=_positive("--group-size"), help="at most this many configurations per compiled group "
                        "(default: all of one shape; smaller loses less to Ctrl-C)")
-    sweep.add_argument("--cpu-devices", type=int, help="with no accelerator, split the CPU into this many devices "
+    sweep.add_argument("--cpu-devices", type=_positive("--cpu-devices"), help="with no accelerator, split the CPU into this many devices "
                        "(default: one per core)")
-    sweep.add_argument("--top", type=int, help="show only the best N configurations in the summary table")
+    sweep.add_argument("--top", type=_positive("--top"), help="show only the best N configurations in the summary table")
     sweep.add_argument("--distributed", action="store_true", help="join a multi-host run through "
                        "jax.distributed.initialize() (cluster auto-detection, or the three flags below)")
     sweep.add_argument("--coordinator", help="with --distributed: host:port of process 0")
@@ -219,29 +213,40 @@ def add_sweep_parser(commands) -> None:
     sweep.set_defaults(handler=run_sweep)
 
 
+def _positive(flag: str, limit: int = 1 << 20):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 1 <= value <= limit:
+            raise argparse.ArgumentTypeError(f"{value} must be between 1 and {limit}")
+        return value
+
+    return parse
+
+
 def sweep_grid(args: argparse.Namespace):
     """The grid: ``--grid``, else the sweep already in ``--out`` (to resume or grow it), else the
     defaults; with the axis flags given applied on top."""
-    from jaxdigits.sweep import SweepGrid, load_grid
-    from jaxdigits.sweep_results import SweepFolder
+    from jaxdigits.config import SweepGrid, load_grid
+    from jaxdigits.sweep_folder import SweepFolder
 
-    axes = {name: getattr(args, name) for name in ("hidden", "seeds", "dataset", *GRID_AXES.values())
-            if getattr(args, name, None) is not None}
     if args.grid is not None:
         base = load_grid(args.grid)
     else:
         base = (None if args.overwrite else SweepFolder(args.out).saved_grid()) or SweepGrid()
-    return base.replace(**axes)
+    return base.replace(**config_overrides(args))
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    import shlex
     import warnings
 
     import jax
 
-    from jaxdigits.sweep import sweep, use_cpu_cores
-    from jaxdigits.sweep_results import ResultsWarning, SweepFolder, format_table, sizes_label
+    from jaxdigits.records import format_table, sizes_label
+    from jaxdigits.sweep_folder import ResultsWarning, SweepFolder
+    from jaxdigits.sweeps import sweep, use_cpu_cores
 
     if args.distributed:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -270,13 +275,15 @@ def run_sweep(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
     if writer:
         print(format_table(result.records, limit=args.top))
-        finished = [r for r in result.records if r.get("test_accuracy") is not None]
-        diverged = sum(r["diverged"] for r in result.records)
+        finished = [r for r in result.records if r["status"] == "ok"]
         summary = f"{len(result.records)} configurations ({result.trained} trained now, {result.resumed} from before"
-        summary += f", {diverged} diverged)" if diverged else ")"
+        for status in ("diverged", "stalled"):
+            count = sum(r["status"] == status for r in result.records)
+            summary += f", {count} {status}" if count else ""
+        summary += ")"
         if finished:
             best = max(finished, key=lambda r: r["test_accuracy"])
-            summary += (f"; best {sizes_label(best)} lr {best['lr']:g} seed {best['seed']}: "
+            summary += (f"; best {sizes_label(best['hidden'])} lr {best['lr']:g} seed {best['seed']}: "
                         f"test accuracy {100 * best['test_accuracy']:.2f}%")
         print(summary + f"; results in {args.out / 'results.jsonl'}")
     return 0

@@ -1,93 +1,287 @@
-"""The training configuration: plain, hashable data, validated before anything compiles."""
+"""The run schema: every setting of a run, once, with its type, range and help.
+
+``TrainConfig`` is the one place a setting is defined. Its field names are the names used
+everywhere: ``jaxdigits train`` flags (``--batch-size`` for ``batch_size``), ``jaxdigits sweep``
+flags and grid-file keys (each taking a list of values), ``jd.sweep(...)`` keywords, result
+records and ``run.json``. Each field carries a ``Setting`` (kind, range, help) in its metadata,
+and one coercion, ``coerce``, checks a value from Python, a flag or a grid file the same way: a
+wrong type or value raises ``ConfigError`` naming the field. Adding a field here adds its flag,
+its sweep axis, its record column and its validation.
+
+A ``SweepGrid`` maps field names to lists of values; every combination is one ``TrainConfig``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Callable
 
 from jaxdigits.costs import COSTS
 from jaxdigits.data import DATASETS
 from jaxdigits.errors import ConfigError
-from jaxdigits.model import ACTIVATIONS, LESSON_SIZES
+from jaxdigits.model import ACTIVATIONS
+from jaxdigits.optimizers import OPTIMIZERS
 
-OPTIMIZER_NAMES = ("sgd", "momentum", "adam")
+SEED_LIMIT = 2**32  # jax.random.PRNGKey takes 32-bit seeds; larger ones would alias smaller ones
+COUNT_LIMIT = 2**31 - 1
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How one config field is typed and checked.
+
+    ``kind``: ``int``, ``float``, ``name`` (one of ``choices``, or any name when ``choices`` is
+    empty), ``widths`` (a tuple of ints, ``16,16`` or ``none`` on the command line), or
+    ``function`` (Python-only: a callable or ``None``). ``extensible``: besides a name, a user's
+    object is accepted (``accepts(value)`` decides). ``low``/``high`` bound numbers; ``above``
+    makes ``low`` exclusive.
+    """
+
+    kind: str
+    help: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    accepts: Callable[[Any], bool] | None = None
+
+
+def _setting(default: Any, **spec: Any):
+    return dataclasses.field(default=default, metadata={"setting": Setting(**spec)})
+
+
+def _is_cost_object(value: Any) -> bool:
+    return callable(getattr(value, "per_example", None)) and isinstance(getattr(value, "output", None), str)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run. The defaults reproduce the lesson."""
+    """Everything that decides a training run. The defaults reproduce the lesson.
 
-    sizes: tuple[int, ...] = LESSON_SIZES
-    activation: str = "sigmoid"
-    cost: str = "quadratic"
-    optimizer: str = "sgd"
-    learning_rate: float = 3.0
-    batch_size: int = 10
-    epochs: int = 30
-    seed: int = 0
-    l2: float = 0.0
-    dataset: str = "mnist"
+    The network's input size and class count come from the data: ``hidden`` is only the hidden
+    layers (``(16, 16)`` gives 784-16-16-10 on MNIST). ``cost`` and ``optimizer`` take a name or
+    your own object (a cost with ``per_example``/``output``; a function of the learning rate that
+    returns an optax ``GradientTransformation``); ``penalty`` a function of
+    ``(network, images, labels)`` added to the cost.
+    """
+
+    hidden: tuple[int, ...] = _setting((16, 16), kind="widths", help="hidden-layer widths, e.g. 16,16 (none: no hidden layer)", low=1, high=2**20)
+    activation: str = _setting("sigmoid", kind="name", help="hidden-layer activation", choices=tuple(ACTIVATIONS))
+    cost: Any = _setting("quadratic", kind="name", help="cost function", choices=tuple(COSTS), accepts=_is_cost_object)
+    penalty: Any = _setting(None, kind="function", help="extra penalty f(network, images, labels) (Python only)")
+    optimizer: Any = _setting("sgd", kind="name", help="optimizer (momentum: SGD with momentum 0.9)", choices=tuple(OPTIMIZERS), accepts=callable)
+    lr: float = _setting(3.0, kind="float", help="learning rate", low=0.0, above=True)
+    batch_size: int = _setting(10, kind="int", help="mini-batch size", low=1, high=COUNT_LIMIT)
+    epochs: int = _setting(30, kind="int", help="epochs", low=1, high=10**6)
+    seed: int = _setting(0, kind="int", help="random seed", low=0, high=SEED_LIMIT - 1)
+    l2: float = _setting(0.0, kind="float", help="L2 penalty coefficient: adds l2 * 1/2 sum w^2", low=0.0)
+    dataset: str = _setting("mnist", kind="name", help="dataset to load (your own arrays: any name)", choices=DATASETS)
+    dtype: str = _setting("float32", kind="name", help="float type of params and data (float64 needs jax_enable_x64)", choices=DTYPES)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, coerce(field.name, getattr(self, field.name)))
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with ``changes`` applied."""
+        """A copy with ``changes`` applied (and checked)."""
+        unknown = sorted(set(changes) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; known fields: {', '.join(FIELDS)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready plain data."""
-        return {**dataclasses.asdict(self), "sizes": list(self.sizes)}
+        """JSON-ready plain data: your own cost, optimizer or penalty appear by name."""
+        return {name: describe(getattr(self, name)) for name in FIELDS}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """The inverse of ``to_dict``; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
+        """The inverse of ``to_dict`` for named settings; unknown keys are an error."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a table of fields, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(FIELDS))
         if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(names)}")
-        values = dict(values)
-        if "sizes" in values:
-            values["sizes"] = tuple(int(s) for s in values["sizes"])
+            raise ConfigError(f"unknown config fields {unknown}; known fields: {', '.join(FIELDS)}")
         return cls(**values)
 
 
-def _choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} {value!r} is not one of: {', '.join(choices)}")
+FIELDS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in dataclasses.fields(TrainConfig)}
 
 
-def validate_sizes(sizes: tuple[int, ...]) -> None:
-    """Layer sizes must start at 784 (pixels), end at 10 (digits), all positive."""
-    if len(sizes) < 2 or sizes[0] != 784 or sizes[-1] != 10:
-        raise ConfigError(
-            f"sizes {','.join(map(str, sizes))} must start at 784 (the pixels) and end at 10 "
-            "(the digits), e.g. --sizes 784,16,16,10"
-        )
-    if any(s < 1 for s in sizes):
-        raise ConfigError(f"sizes {','.join(map(str, sizes))}: every layer needs at least 1 neuron")
+def describe(value: Any) -> Any:
+    """A setting as plain JSON data: tuples as lists, objects and functions by name."""
+    if isinstance(value, tuple):
+        return list(value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return getattr(value, "name", None) or getattr(value, "__name__", None) or type(value).__name__
 
 
-def validate_config(config: TrainConfig, num_train: int | None = None) -> TrainConfig:
-    """Return ``config`` unchanged if valid, else raise ``ConfigError`` naming the bad field.
+def _number(name: str, setting: Setting, value: Any, text: bool) -> int | float:
+    integer = setting.kind == "int"
+    if text and isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not {'an integer' if integer else 'a number'}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        if integer and isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            value = int(value)  # 5.0 from a JSON grid file is 5; 1.5 is refused below
+        else:
+            raise ConfigError(f"{name}: {value!r} is not {'an integer' if integer else 'a number'}")
+    value = int(value) if integer else float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: {value} is not a finite number")
+    low, high = setting.low, setting.high
+    if low is not None and (value <= low if setting.above else value < low):
+        raise ConfigError(f"{name}: {value} must be {'>' if setting.above else '>='} {low:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name}: {value} must be at most {high:g}")
+    return value
 
-    ``num_train``, when known, bounds the batch size.
+
+def _widths(name: str, setting: Setting, value: Any, text: bool) -> tuple[int, ...]:
+    if text and isinstance(value, str):
+        parts = [] if value.strip().lower() == "none" else value.replace(" ", "").split(",")
+        value = []
+        for part in parts:
+            try:
+                value.append(int(part))
+            except ValueError:
+                raise ConfigError(f"{name}: {part!r} is not a width; give widths like 16,16, or none") from None
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name}: {value!r} is not a list of widths, e.g. (16, 16)")
+    width_setting = dataclasses.replace(setting, kind="int")
+    return tuple(_number(name, width_setting, width, False) for width in value)
+
+
+def coerce(name: str, value: Any, text: bool = False) -> Any:
+    """``value`` checked (and converted) for field ``name``; ``text`` allows command-line strings
+    for numbers and widths. Raises ``ConfigError`` naming the field and what is allowed."""
+    setting = FIELDS[name] if name in FIELDS else None
+    if setting is None:
+        raise ConfigError(f"unknown config field {name!r}; known fields: {', '.join(FIELDS)}")
+    if setting.kind in ("int", "float"):
+        return _number(name, setting, value, text)
+    if setting.kind == "widths":
+        return _widths(name, setting, value, text)
+    if setting.kind == "function":
+        if value is None or callable(value):
+            return value
+        raise ConfigError(f"{name}: {value!r} is not a function")
+    if isinstance(value, str):
+        if value in setting.choices or (name == "dataset" and value.isidentifier()):
+            return value
+        raise ConfigError(f"{name}: {value!r} is not one of: {', '.join(setting.choices)}")
+    if setting.accepts is not None and setting.accepts(value):
+        return value
+    hint = {"cost": "a name or an object with name, output and per_example(z, labels)",
+            "optimizer": "a name or a function learning_rate -> optax.GradientTransformation"}.get(name, "a name")
+    raise ConfigError(f"{name}: {value!r} is not {hint}")
+
+
+DEFAULTS = TrainConfig()
+
+
+def program_key(config: TrainConfig) -> TrainConfig:
+    """What decides a compiled epoch program: the config without its learning rate, seed and
+    epoch count (those are values the program takes, or how often it runs). Your own cost,
+    optimizer and penalty are part of the key as the objects they are, never by name."""
+    return config.replace(lr=DEFAULTS.lr, seed=DEFAULTS.seed, epochs=1)
+
+
+# --- sweep grids ----------------------------------------------------------------------------
+
+
+def axis_values(name: str, values: Any, text: bool = False) -> tuple:
+    """A sweep axis as a tuple of checked values, duplicates removed.
+
+    A list holds candidate values; anything else is one value. For ``hidden`` each candidate is a
+    shape: ``[(16, 16), (32,)]`` is two networks and ``[16, 32]`` is refused as ambiguous.
     """
-    validate_sizes(config.sizes)
-    _choice("activation", config.activation, tuple(ACTIVATIONS))
-    _choice("cost", config.cost, tuple(COSTS))
-    _choice("optimizer", config.optimizer, OPTIMIZER_NAMES)
-    _choice("dataset", config.dataset, DATASETS)
-    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
-        raise ConfigError(f"learning rate must be > 0 and finite, got {config.learning_rate}")
-    if config.batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {config.batch_size}")
-    if num_train is not None and config.batch_size > num_train:
-        raise ConfigError(
-            f"batch size {config.batch_size} is larger than the {num_train} training images"
-        )
-    if config.epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
-    if not (math.isfinite(config.l2) and config.l2 >= 0):
-        raise ConfigError(f"l2 must be >= 0, got {config.l2}")
-    if config.seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {config.seed}")
-    return config
+    if name == "hidden":
+        if isinstance(values, (list, tuple)) and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ConfigError(
+                f"hidden: {list(values)} is ambiguous as a sweep axis; give a list of shapes: "
+                f"{[tuple(values)]} for one network, {[(v,) for v in values]} for {len(values)}"
+            )
+        candidates = list(values) if isinstance(values, list) or (isinstance(values, tuple) and values and not isinstance(values[0], int)) else [values]
+    else:
+        candidates = list(values) if isinstance(values, (list, tuple)) else [values]
+    if not candidates:
+        raise ConfigError(f"sweep axis {name} is empty; give at least one value")
+    return tuple(dict.fromkeys(coerce(name, v, text) for v in candidates))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepGrid:
+    """The axes of a sweep: config field name -> tuple of values; unnamed fields keep the
+    ``TrainConfig`` default. Every combination is one configuration."""
+
+    axes: dict
+
+    def __init__(self, axes: dict | None = None, **more: Any):
+        given = {**(axes or {}), **more}
+        unknown = sorted(set(given) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown sweep axes {unknown}; known axes (the config fields): {', '.join(FIELDS)}")
+        object.__setattr__(self, "axes", {name: axis_values(name, given[name]) for name in FIELDS if name in given})
+
+    def configs(self) -> list[TrainConfig]:
+        """Every combination as a ``TrainConfig``, in grid order, without duplicates."""
+        names = list(self.axes)
+        combos = itertools.product(*(self.axes[n] for n in names))
+        return list(dict.fromkeys(TrainConfig(**dict(zip(names, combo))) for combo in combos))
+
+    def values(self, name: str) -> tuple:
+        """The values of axis ``name`` (the default alone when not swept)."""
+        return self.axes.get(name, (getattr(DEFAULTS, name),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready plain data (the form of a grid file)."""
+        return {name: [describe(v) for v in values] for name, values in self.axes.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SweepGrid":
+        """A grid from a dict of axes; unknown keys are an error."""
+        if not isinstance(values, dict):
+            raise ConfigError("a grid must be a table of axes, e.g. lr = [0.3, 3.0]")
+        return cls(values)
+
+    def replace(self, **axes: Any) -> "SweepGrid":
+        """A copy with these axes set (``None`` values are ignored)."""
+        return SweepGrid({**self.axes, **{k: v for k, v in axes.items() if v is not None}})
+
+
+def load_grid(path: str | os.PathLike) -> SweepGrid:
+    """A ``SweepGrid`` from a ``.toml`` or ``.json`` file whose keys are config fields, e.g.
+
+        hidden = [[16, 16], [32], [64, 64]]
+        lr = [0.3, 1.0, 3.0]
+        seed = [0, 1]
+        epochs = 5
+    """
+    from jaxdigits.files import read_regular_file
+
+    path = Path(path)
+    if path.suffix.lower() not in (".toml", ".json"):
+        raise ConfigError(f"{path}: a grid file must end in .toml or .json")
+    text = read_regular_file(path, "grid file", ConfigError).decode("utf-8", errors="replace")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except (ValueError, TypeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"{path}: not a valid grid file ({str(exc).splitlines()[0]})") from None
+    try:
+        return SweepGrid.from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

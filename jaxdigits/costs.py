@@ -1,18 +1,33 @@
 """Cost functions: one named object per cost, each with its formula, as pure functions.
 
-A cost object maps the output pre-activations ``z (N, 10)`` and integer ``labels (N,)`` to one
-number per example; ``quadratic_cost`` and ``cross_entropy_cost`` average that over the examples
-and add an optional L2 penalty, as pure functions of ``(params, images, labels)`` so that
-``jax.grad(quadratic_cost)(params, images, labels)`` is the gradient, a pytree shaped like params.
+A cost object maps the output pre-activations ``z (N, classes)`` and integer ``labels (N,)`` to
+one number per example (``per_example``) and names the output function that turns ``z`` into the
+network's output activations (``output``). ``make_objective`` averages it over the examples and
+adds penalties, as a pure function of ``(network, images, labels)``: ``jax.grad`` of it is the
+gradient, a pytree shaped like the network.
+
+Your own cost is any object with ``name``, ``output`` and ``per_example(z, labels)``, e.g.
+``Cost("hinge", hinge_per_example, output="softmax")``; a penalty is any function of
+``(network, images, labels)`` returning a scalar.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdigits.model import Params, forward
+from jaxdigits.model import Network, _forward, check_images, check_labels
+
+
+class CostLike(Protocol):
+    name: str
+    output: str
+
+    def per_example(self, z: jax.Array, labels: jax.Array) -> jax.Array: ...
 
 
 class QuadraticCost:
@@ -20,7 +35,7 @@ class QuadraticCost:
 
         C = (1/N) sum_x (1/2) sum_j (a_j(x) - y_j(x))^2,   a = sigmoid(z),   y = one_hot(label)
 
-    For each example, half the sum over the 10 output neurons of the squared difference between
+    For each example, half the sum over the output neurons of the squared difference between
     the output activation and the one-hot target, averaged over the examples. The factor 1/2
     (which the lesson's video leaves out) makes dC/da = a - y, so the default learning rate 3.0
     takes exactly the lesson's steps; without it the same rate would take steps twice as large.
@@ -51,39 +66,59 @@ class CrossEntropyCost:
         return optax.losses.softmax_cross_entropy_with_integer_labels(z, labels)
 
 
-COSTS = {cost.name: cost for cost in (QuadraticCost, CrossEntropyCost)}
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """A user's cost: ``per_example(z (N, classes), labels (N,)) -> (N,)`` and its output function."""
+
+    name: str
+    per_example: Callable[[jax.Array, jax.Array], jax.Array]
+    output: str = "softmax"
 
 
-def l2_penalty(params: Params) -> jax.Array:
+COSTS: dict[str, CostLike] = {cost.name: cost for cost in (QuadraticCost, CrossEntropyCost)}
+
+
+def resolve_cost(cost: str | CostLike) -> CostLike:
+    """The cost object for a name in ``COSTS`` or a cost object itself."""
+    if isinstance(cost, str):
+        return COSTS[cost]
+    return cost
+
+
+def l2_penalty(network: Network) -> jax.Array:
     """``(1/2) sum_w w^2`` over every weight matrix (biases are not penalised)."""
-    return 0.5 * sum(jnp.sum(layer["w"] ** 2) for layer in params)
+    return 0.5 * sum(jnp.sum(layer["w"] ** 2) for layer in network.layers)
 
 
-def mean_cost(
-    cost: str,
-    params: Params,
-    images: jax.Array,
-    labels: jax.Array,
-    activation: str = "sigmoid",
+def make_objective(
+    cost: str | CostLike,
     l2: float = 0.0,
-) -> jax.Array:
-    """Scalar: the named cost averaged over ``images (N, 784)`` plus ``l2 * l2_penalty(params)``."""
-    z = forward(params, images, activation)
-    value = jnp.mean(COSTS[cost].per_example(z, labels))
-    if isinstance(l2, (int, float)) and l2 == 0:
-        return value  # skip the penalty's work: XLA cannot drop 0 * x (x may be NaN)
-    return value + l2 * l2_penalty(params)
+    penalty: Callable[[Network, jax.Array, jax.Array], jax.Array] | None = None,
+) -> Callable[[Network, jax.Array, jax.Array], jax.Array]:
+    """``objective(network, images (N, inputs), labels (N,)) -> scalar``:
+
+        C = (1/N) sum_x cost.per_example(z(x), label(x)) + l2 * (1/2) sum_w w^2 + penalty(network, images, labels)
+    """
+    cost = resolve_cost(cost)
+
+    def objective(network: Network, images: jax.Array, labels: jax.Array) -> jax.Array:
+        check_images(network, images, cost.name)
+        check_labels(network, images, labels, cost.name)
+        value = jnp.mean(cost.per_example(_forward(network, images), labels))
+        if not (isinstance(l2, (int, float)) and l2 == 0):  # XLA cannot drop 0 * x (x may be NaN)
+            value = value + l2 * l2_penalty(network)
+        if penalty is not None:
+            value = value + penalty(network, images, labels)
+        return value
+
+    return objective
 
 
-def quadratic_cost(
-    params: Params, images: jax.Array, labels: jax.Array, activation: str = "sigmoid", l2: float = 0.0
-) -> jax.Array:
+def quadratic_cost(network: Network, images: jax.Array, labels: jax.Array, l2: float = 0.0) -> jax.Array:
     """The lesson's quadratic cost (see ``QuadraticCost``) as a scalar."""
-    return mean_cost("quadratic", params, images, labels, activation, l2)
+    return make_objective(QuadraticCost, l2)(network, images, labels)
 
 
-def cross_entropy_cost(
-    params: Params, images: jax.Array, labels: jax.Array, activation: str = "sigmoid", l2: float = 0.0
-) -> jax.Array:
+def cross_entropy_cost(network: Network, images: jax.Array, labels: jax.Array, l2: float = 0.0) -> jax.Array:
     """Softmax cross-entropy (see ``CrossEntropyCost``) as a scalar."""
-    return mean_cost("cross_entropy", params, images, labels, activation, l2)
+    return make_objective(CrossEntropyCost, l2)(network, images, labels)

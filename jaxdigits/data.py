@@ -7,13 +7,12 @@ names the file.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import stat
 import zlib
 from pathlib import Path
-from typing import NamedTuple
-
 import numpy as np
 
 from jaxdigits.errors import DataError
@@ -36,13 +35,78 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK = 1 << 18
 
 
-class Dataset(NamedTuple):
-    """Train and test splits: images ``(N, 784) float32`` in [0, 1], labels ``(N,) int32``."""
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Train and test splits: images ``(N, inputs) float`` (MNIST: ``(N, 784) float32`` in [0, 1])
+    and labels ``(N,) int32`` in ``0..num_classes-1``; ``name`` is recorded with every run.
+
+    Any arrays of this form make a dataset: images of shape ``(N, H, W)`` are flattened, and
+    ``num_classes`` defaults to the largest label + 1. Shapes, dtypes and labels are checked
+    here, with one clear ``DataError`` for a problem. Iterating gives the four arrays.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    name: str = "custom"
+    num_classes: int | None = None
+
+    def __post_init__(self):
+        arrays = {}
+        for split in ("train", "test"):
+            images = np.asarray(getattr(self, f"{split}_images"))
+            labels = np.asarray(getattr(self, f"{split}_labels"))
+            if images.ndim > 2:
+                images = images.reshape(len(images), -1)
+            if images.ndim != 2:
+                raise DataError(f"{split}_images: shape {images.shape}, expected (N, inputs)")
+            if not np.issubdtype(images.dtype, np.floating):
+                raise DataError(f"{split}_images: dtype {images.dtype}, expected floats (e.g. uint8 pixels / 255)")
+            if labels.ndim != 1 or len(labels) != len(images):
+                raise DataError(f"{split}_labels: shape {labels.shape}, expected ({len(images)},): one class per image")
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise DataError(f"{split}_labels: dtype {labels.dtype}, expected integer classes")
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.astype(np.int32, copy=False)
+        if len(arrays["train_images"]) == 0:
+            raise DataError("the training split holds no images")
+        if arrays["train_images"].shape[1] != arrays["test_images"].shape[1]:
+            raise DataError(
+                f"train images have {arrays['train_images'].shape[1]} inputs, test images "
+                f"{arrays['test_images'].shape[1]}; both splits need the same input size"
+            )
+        labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
+        classes = self.num_classes if self.num_classes is not None else int(labels.max()) + 1
+        if int(labels.min()) < 0 or int(labels.max()) >= classes or classes < 2:
+            raise DataError(f"labels must lie in 0..{classes - 1} with at least 2 classes; found {labels.min()}..{labels.max()}")
+        for key, value in arrays.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "num_classes", int(classes))
+
+    def __iter__(self):
+        return iter((self.train_images, self.train_labels, self.test_images, self.test_labels))
+
+    @property
+    def inputs(self) -> int:
+        """The input size (784 for MNIST)."""
+        return int(self.train_images.shape[1])
+
+    def subset(self, num_train: int | None = None, num_test: int | None = None) -> "Dataset":
+        """The first ``num_train`` training and ``num_test`` test examples (``None`` keeps all)."""
+        return dataclasses.replace(
+            self, train_images=self.train_images[:num_train], train_labels=self.train_labels[:num_train],
+            test_images=self.test_images[:num_test], test_labels=self.test_labels[:num_test],
+        )
+
+    def describe(self) -> dict:
+        """Name, sizes and SHA-256 of the arrays: recorded with a run, checked on resume."""
+        from jaxdigits.files import sha256_arrays
+
+        return {
+            "name": self.name, "inputs": self.inputs, "classes": self.num_classes,
+            "train_examples": int(len(self.train_images)), "test_examples": int(len(self.test_images)),
+            "sha256": sha256_arrays(self),
+        }
 
 
 def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
@@ -163,20 +227,20 @@ def load_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def load_idx_files(paths: dict[str, Path]) -> Dataset:
+def load_idx_files(paths: dict[str, Path], name: str = "mnist") -> Dataset:
     """A ``Dataset`` from the four IDX files named by ``IDX_FILES``' keys."""
     train = load_split(paths["train_images"], paths["train_labels"])
     test = load_split(paths["test_images"], paths["test_labels"])
-    return Dataset(*train, *test)
+    return Dataset(*train, *test, name=name, num_classes=NUM_CLASSES)
 
 
-def load_idx_folder(folder: str | os.PathLike) -> Dataset:
+def load_idx_folder(folder: str | os.PathLike, name: str = "mnist") -> Dataset:
     """A ``Dataset`` from a folder with the four standard IDX files (``.gz`` or not)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         problem = "is not a folder" if folder.exists() else "data folder does not exist"
         raise DataError(f"{folder}: {problem}; pass --data-dir DIR, a folder with the four IDX files")
-    return load_idx_files({key: find_idx_file(folder, stem) for key, stem in IDX_FILES.items()})
+    return load_idx_files({key: find_idx_file(folder, stem) for key, stem in IDX_FILES.items()}, name)
 
 
 def download_idx_files(urls: dict[str, str], url_infos: dict, download_dir: Path) -> dict[str, Path]:
@@ -254,8 +318,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, name: str = "mnist") -
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     folder = data_dir or default_data_dir(name)
     if folder is not None:
-        return load_idx_folder(folder)
-    return load_idx_files(fetch_with_tfds(name))
+        return load_idx_folder(folder, name)
+    return load_idx_files(fetch_with_tfds(name), name)
 
 
 def load_digit_image(path: str | os.PathLike) -> np.ndarray:

@@ -13,6 +13,12 @@ class ConfigError(JaxdigitsError, ValueError):
     exit_code = 2
 
 
+class InputError(JaxdigitsError, ValueError):
+    """Arrays given to a public function with the wrong shape, dtype or values."""
+
+    exit_code = 2
+
+
 class DataError(JaxdigitsError):
     """A data file or folder that cannot be read as MNIST-style IDX data."""
 

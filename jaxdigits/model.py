@@ -1,18 +1,24 @@
-"""The network: parameters as a plain pytree and the pure functions that use them.
+"""The network: a pytree of layer parameters that carries how it computes.
 
-``params`` is a list with one ``{"w": (m, n) float32, "b": (n,) float32}`` dict per layer;
-layer ``l`` maps ``a -> activation(a @ w + b)``. The last layer's pre-activations ``z`` are the
-network's output; the cost decides how they become output activations (see ``costs.py``).
+A ``Network`` holds one ``{"w": (m, n), "b": (n,)}`` dict per layer (its only pytree leaves) and,
+as static metadata, its hidden ``activation`` and its ``output`` function. ``jax.grad``, optax and
+``jax.tree`` take it as it is, and every evaluation reads the activation from the network itself,
+so none can silently use the wrong one. Layer ``l`` maps ``a -> activation(a @ w + b)``; the last
+layer's pre-activations ``z`` are the output, and ``output(z)`` its activations (``sigmoid`` for
+the quadratic cost, ``softmax`` for cross-entropy).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-Params = list  # list[dict[str, jax.Array]]
+from jaxdigits.errors import InputError
 
 LESSON_SIZES = (784, 16, 16, 10)
 
@@ -22,63 +28,156 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
 }
 
-
-def init_mlp(key: jax.Array, sizes: Sequence[int] = LESSON_SIZES) -> Params:
-    """Random parameters for a fully connected network of the given layer sizes.
-
-    Weights are drawn from N(0, 1/fan_in) and biases from N(0, 1), as in the lesson's network.
-    Returns a list of ``{"w": (sizes[l], sizes[l+1]), "b": (sizes[l+1],)}`` float32 dicts.
-    """
-    sizes = tuple(int(s) for s in sizes)
-    keys = jax.random.split(key, len(sizes) - 1)
-    params = []
-    for layer_key, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
-        w_key, b_key = jax.random.split(layer_key)
-        params.append(
-            {
-                "w": jax.random.normal(w_key, (fan_in, fan_out), jnp.float32) / jnp.sqrt(fan_in),
-                "b": jax.random.normal(b_key, (fan_out,), jnp.float32),
-            }
-        )
-    return params
-
-
-def layer_sizes(params: Params) -> tuple[int, ...]:
-    """The layer sizes ``(784, ..., 10)`` of a parameter pytree."""
-    return (params[0]["w"].shape[-2],) + tuple(layer["w"].shape[-1] for layer in params)
-
-
-def forward(params: Params, images: jax.Array, activation: str = "sigmoid") -> jax.Array:
-    """Output-layer pre-activations ``z``, shape ``(N, 10)``, for ``images`` of shape ``(N, 784)``.
-
-    Every hidden layer applies ``activation`` (``sigmoid``, ``relu`` or ``tanh``); the output
-    layer is left linear so that each cost can apply its own output function.
-    """
-    act = ACTIVATIONS[activation]
-    a = images
-    for layer in params[:-1]:
-        a = act(a @ layer["w"] + layer["b"])
-    return a @ params[-1]["w"] + params[-1]["b"]
-
-
-def accuracy(params: Params, images: jax.Array, labels: jax.Array, activation: str = "sigmoid") -> jax.Array:
-    """Fraction of ``images`` ``(N, 784)`` whose largest output is the label ``(N,)`` (a scalar)."""
-    return jnp.mean(jnp.argmax(forward(params, images, activation), axis=-1) == labels)
-
-
-OUTPUT_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+OUTPUTS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "softmax": jax.nn.softmax,
 }
 
 
-def predict(
-    params: Params, images: jax.Array, activation: str = "sigmoid", output: str = "sigmoid"
-) -> tuple[jax.Array, jax.Array]:
-    """The predicted digit ``(N,) int32`` and the 10 output activations ``(N, 10) float32``.
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["layers"], meta_fields=["activation", "output"])
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A fully connected network: ``layers`` (the parameters) plus how it computes.
 
-    ``output`` is the output layer's function: ``sigmoid`` for the quadratic cost (the lesson's),
-    ``softmax`` for cross-entropy; each cost names its own (``costs.COSTS[name].output``).
+    ``network[l]`` is layer ``l``'s ``{"w", "b"}`` dict and ``len(network)`` its number of layers.
     """
-    activations = OUTPUT_FUNCTIONS[output](forward(params, images, activation))
+
+    layers: list
+    activation: str = "sigmoid"
+    output: str = "sigmoid"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise InputError(f"activation {self.activation!r} is not one of: {', '.join(ACTIVATIONS)}")
+        if self.output not in OUTPUTS:
+            raise InputError(f"output {self.output!r} is not one of: {', '.join(OUTPUTS)}")
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Layer sizes ``(inputs, hidden..., classes)``."""
+        return (self.layers[0]["w"].shape[-2],) + tuple(layer["w"].shape[-1] for layer in self.layers)
+
+    @property
+    def dtype(self):
+        return jnp.result_type(self.layers[0]["w"])
+
+
+Params = Network  # the parameters of a network are the network
+
+
+def init_mlp(
+    key: jax.Array,
+    sizes: Sequence[int] = LESSON_SIZES,
+    activation: str = "sigmoid",
+    output: str = "sigmoid",
+    dtype=jnp.float32,
+) -> Network:
+    """Random parameters for a fully connected network of the given layer sizes.
+
+    Weights are drawn from N(0, 1/fan_in) and biases from N(0, 1), as in the lesson's network.
+    Layer ``l`` holds ``{"w": (sizes[l], sizes[l+1]), "b": (sizes[l+1],)}`` of ``dtype``.
+    """
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise InputError(f"sizes {list(sizes)}: need an input and an output size, every layer at least 1 neuron")
+    keys = jax.random.split(key, len(sizes) - 1)
+    layers = []
+    for layer_key, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
+        w_key, b_key = jax.random.split(layer_key)
+        layers.append(
+            {
+                "w": jax.random.normal(w_key, (fan_in, fan_out), dtype) / jnp.sqrt(jnp.asarray(fan_in, dtype)),
+                "b": jax.random.normal(b_key, (fan_out,), dtype),
+            }
+        )
+    return Network(layers, activation, output)
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_images(network: Network, images, where: str = "images") -> None:
+    """Refuse images that are not ``(N, inputs)`` floats for ``network``, in one line."""
+    if not isinstance(network, Network):
+        raise InputError(
+            f"{where}: expected a jaxdigits Network (from init_mlp or load_params), got {type(network).__name__}"
+        )
+    shape, dtype = np.shape(images), jnp.result_type(images)
+    inputs = network.sizes[0]
+    if len(shape) != 2 or shape[1] != inputs:
+        hint = f"; flatten them with images.reshape(len(images), -1)" if len(shape) > 2 else ""
+        raise InputError(f"{where}: images have shape {shape}, expected (N, {inputs}) for this network{hint}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise InputError(f"{where}: images are {dtype}, expected floats in [0, 1] (e.g. images / 255)")
+
+
+def check_labels(network: Network, images, labels, where: str = "labels") -> None:
+    """Refuse labels that are not ``(N,)`` integer classes ``0..classes-1`` matching ``images``."""
+    shape, dtype = np.shape(labels), jnp.result_type(labels)
+    classes = network.sizes[-1]
+    if len(shape) == 2 and shape[1] == classes:
+        raise InputError(f"{where}: labels look one-hot {shape}; give class indices (N,), e.g. labels.argmax(-1)")
+    if len(shape) != 1 or shape[0] != np.shape(images)[0]:
+        raise InputError(f"{where}: labels have shape {shape}, expected ({np.shape(images)[0]},): one class per image")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise InputError(f"{where}: labels are {dtype}, expected integer classes 0..{classes - 1}")
+    if _is_concrete(labels) and shape[0]:
+        low, high = int(jnp.min(labels)), int(jnp.max(labels))
+        if low < 0 or high >= classes:
+            raise InputError(f"{where}: label {high if high >= classes else low} is outside 0..{classes - 1}")
+
+
+def forward(network: Network, images: jax.Array) -> jax.Array:
+    """Output-layer pre-activations ``z (N, classes)`` for ``images (N, inputs)``.
+
+    Every hidden layer applies ``network.activation``; the output layer is left linear so that
+    each cost can apply its own output function.
+    """
+    check_images(network, images, "forward")
+    return _forward(network, images)
+
+
+def _forward(network: Network, images: jax.Array) -> jax.Array:
+    act = ACTIVATIONS[network.activation]
+    a = images
+    for layer in network.layers[:-1]:
+        a = act(a @ layer["w"] + layer["b"])
+    return a @ network.layers[-1]["w"] + network.layers[-1]["b"]
+
+
+def layer_activations(network: Network, images: jax.Array) -> list[jax.Array]:
+    """Every layer's activations for ``images (N, inputs)``: the input, each hidden layer's
+    ``(N, width)``, and the output activations ``output(z) (N, classes)``."""
+    check_images(network, images, "layer_activations")
+    act = ACTIVATIONS[network.activation]
+    values = [images]
+    for layer in network.layers[:-1]:
+        values.append(act(values[-1] @ layer["w"] + layer["b"]))
+    values.append(OUTPUTS[network.output](values[-1] @ network.layers[-1]["w"] + network.layers[-1]["b"]))
+    return values
+
+
+def predict(network: Network, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The predicted class ``(N,) int32`` and the output activations ``(N, classes)``."""
+    check_images(network, images, "predict")
+    activations = OUTPUTS[network.output](_forward(network, images))
     return jnp.argmax(activations, axis=-1).astype(jnp.int32), activations
+
+
+def correct_count(network: Network, images: jax.Array, labels: jax.Array) -> jax.Array:
+    """How many of ``images (N, inputs)`` have their largest output at the label ``(N,)``."""
+    return jnp.sum(jnp.argmax(_forward(network, images), axis=-1) == labels)
+
+
+def accuracy(network: Network, images: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of ``images (N, inputs)`` whose largest output is the label ``(N,)`` (a scalar)."""
+    check_images(network, images, "accuracy")
+    check_labels(network, images, labels, "accuracy")
+    return correct_count(network, images, labels) / np.shape(labels)[0]

@@ -1,0 +1,355 @@
+"""Files: the one atomic writer, the one JSON convention, checked reads, and claiming ``--out``.
+
+- ``write_atomic``: a temporary file in the same folder, fsync, rename; readers see the old file
+  or the new one, never a mix. ``write_json`` writes strict JSON through it; ``append_lines``
+  appends JSON lines durably. In every JSON file jaxdigits writes, a NaN or infinite number is
+  ``null`` (strict JSON has neither).
+- ``interrupts_deferred``: Ctrl-C and SIGTERM wait while the files of one save are written.
+- ``read_regular_file``: a user-named file is read only if it is a regular file (a FIFO would
+  hang, ``/dev/zero`` never ends), with one clear error otherwise.
+- ``claim_folder``: an ``--out`` folder is claimed with a lock file holding the owner's pid, so
+  two runs never write into one folder; a lock left by a killed run is recovered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import math
+import os
+import platform
+import signal
+import stat
+import tempfile
+import threading
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from jaxdigits.errors import CheckpointError, JaxdigitsError, RunFolderError
+
+LOCK_FILE = ".jaxdigits.lock"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy and JAX numbers and arrays as Python numbers and lists,
+    paths as strings, NaN and infinities as ``None``."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``json_safe(value)``."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    A failed write (disk full, no permission) raises ``CheckpointError`` and leaves no temporary
+    file behind; the previous file, if any, is intact.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot write ({exc.strerror or exc}); the previous version, if any, is intact"
+        ) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Atomically write ``value`` as indented strict JSON (see ``json_safe``); returns the path."""
+    path = Path(path)
+    write_atomic(path, (to_json(value, indent=2) + "\n").encode())
+    return path
+
+
+def append_lines(path: str | os.PathLike, values: Iterable[Any]) -> None:
+    """Append one JSON line per value and make them durable before returning.
+
+    A failure (disk full, read-only file) raises ``CheckpointError``; what was appended before
+    is kept, and a partly written line is cut off again so the file stays whole lines.
+    """
+    path = Path(path)
+    data = "".join(to_json(v) + "\n" for v in values).encode()
+    try:
+        with open(path, "ab") as f:
+            start = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(start)
+                raise
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot append results ({exc.strerror or exc}); earlier lines are kept") from None
+
+
+def temporary_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def remove_temporaries(folder: Path, names: Iterable[str]) -> None:
+    """Delete temporary files that a process killed in the middle of a write left behind."""
+    for name in names:
+        for leftover in folder.glob(f"{temporary_prefix(name)}*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_deferring = threading.local()
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) and SIGTERM off while a group of files is written; a signal that
+    arrives meanwhile takes effect right after, so the files of one save all describe the same
+    moment. Outside the main thread (where Python cannot catch signals) this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
+        yield
+        return
+    received: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
+    _deferring.active = True
+    try:
+        yield
+    finally:
+        _deferring.active = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for signum in dict.fromkeys(received):
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+def read_regular_file(path: str | os.PathLike, what: str, error: type[JaxdigitsError], limit: int = 64 << 20) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else ``error``
+    with one line saying what it is instead (missing, a folder, a FIFO, a device, a link loop)."""
+    path = Path(path)
+    kind = file_problem(path)
+    if kind:
+        raise error(f"{path}: {kind}; give a {what}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit >> 20} MiB; this is not a {what}")
+    return data
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a regular file (``None`` when it can)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if exc.errno == errno.ENOENT:
+            return "no such file"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    return "not a regular file"
+
+
+# --- claiming an --out folder -----------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """``path/.jaxdigits.lock``, created exclusively with this process's pid; released on exit.
+
+    A lock whose process is gone (a run killed with ``kill -9``) is stale and taken over.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _pid_alive(owner):
+                    raise RunFolderError(
+                        f"{self.path.parent} is in use by another jaxdigits process (pid {owner}); "
+                        "wait for it to finish or give another --out"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except OSError as exc:
+                raise RunFolderError(f"{self.path.parent}: cannot use as --out ({exc.strerror or exc})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return
+        raise RunFolderError(f"{self.path.parent}: could not claim the folder; try again")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or "0") or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# Files that mark a folder as a training run's or a sweep's.
+RUN_MARKERS = ("params.safetensors", "checkpoint.safetensors", "run.json", "history.json")
+SWEEP_MARKERS = ("sweep.json", "results.jsonl")
+
+
+def folder_kind(folder: Path) -> str | None:
+    """``"run"``, ``"sweep"`` or ``None``: what jaxdigits output ``folder`` already holds."""
+    if any((folder / name).exists() for name in SWEEP_MARKERS):
+        return "sweep"
+    if any((folder / name).exists() for name in RUN_MARKERS):
+        return "run"
+    return None
+
+
+def claim_folder(folder: str | os.PathLike, kind: str, own_files: Iterable[str], *, resume: bool, overwrite: bool) -> FolderLock:
+    """Claim ``folder`` as the ``--out`` of a ``kind`` (``"run"`` or ``"sweep"``); return its held lock.
+
+    Refuses a path that is a file or empty, and a folder holding the other kind of output. A folder
+    holding this kind is resumed with ``resume``, replaced with ``overwrite`` (only ``own_files``
+    are removed; unrelated files are always left alone), and refused otherwise.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{folder}: --out must be a folder, and this is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"{folder}: cannot use as --out ({exc.strerror or exc})") from None
+    lock = FolderLock(folder)
+    lock.acquire()
+    try:
+        found = folder_kind(folder)
+        if found is not None and found != kind:
+            other = {"run": "a training run", "sweep": "a sweep"}[found]
+            raise RunFolderError(f"{folder} holds {other}, not a {'sweep' if kind == 'sweep' else 'training run'}; give a new --out")
+        if found == kind and overwrite:
+            for name in own_files:
+                (folder / name).unlink(missing_ok=True)
+        elif found == kind and not resume:
+            raise RunFolderError(f"{folder} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        remove_temporaries(folder, own_files)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def environment_info() -> dict[str, str]:
+    """Versions of the libraries that produced a result, and the device it ran on."""
+    return dict(_environment())
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> dict[str, str]:
+    import jax
+
+    info = {}
+    for package in ("jaxdigits", "jax", "jaxlib", "optax", "numpy"):
+        try:
+            info[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            info[package] = "unknown"
+    device = jax.devices()[0]
+    info.update(platform=device.platform, device_kind=device.device_kind, python=platform.python_version(),
+                devices=str(jax.device_count()))
+    return info
+
+
+def sha256_arrays(arrays: Iterable[np.ndarray]) -> str:
+    """SHA-256 over arrays' dtypes, shapes and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype.str}:{array.shape}".encode())
+        h.update(memoryview(array).cast("B"))
+    return h.hexdigest()

@@ -1,0 +1,297 @@
+"""The training loop: a jit-compiled SGD step, one compiled ``lax.scan`` per epoch, evaluation.
+
+The pieces are pure functions of a ``TrainConfig`` so that ``sweeps.py`` runs the very same
+epoch under ``vmap``: the learning rate lives in the optimizer state (``optax.inject_hyperparams``),
+so it is a traced value, and ``make_guarded_epoch`` keeps a run's last finite state when its cost
+turns non-finite, which is how both ``train`` and a sweep detect divergence. Compiled programs
+are cached by what they compute (``config.program_key`` and the arguments' shapes, dtypes and
+shardings), never by names.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdigits.checkpoint import RunFolder
+from jaxdigits.config import TrainConfig, program_key
+from jaxdigits.costs import make_objective, resolve_cost
+from jaxdigits.data import Dataset, load_mnist
+from jaxdigits.errors import ConfigError
+from jaxdigits.files import environment_info
+from jaxdigits.model import Network, check_images, check_labels, correct_count, init_mlp
+from jaxdigits.optimizers import make_optimizer
+from jaxdigits.progress import Progress
+from jaxdigits.records import run_record, run_status
+
+# Accuracy is counted over slices of this many images, so that activations stay small.
+EVAL_CHUNK = 5000
+
+
+class StalledWarning(UserWarning):
+    """A run ended at chance accuracy with its cost no longer falling (e.g. saturated sigmoids)."""
+
+
+class TrainState(NamedTuple):
+    """What one SGD step changes: the network and the optimizer state (learning rate inside)."""
+
+    params: Network
+    opt_state: optax.OptState
+
+
+class TrainResult(NamedTuple):
+    """What ``train`` returns: the final network, the per-epoch history, how the run ended
+    (``status``: ``ok``, ``diverged`` or ``stalled``), the final state, the config and the
+    run's record (the contents of ``run.json``)."""
+
+    params: Network
+    history: list[dict]
+    status: str
+    state: TrainState
+    config: TrainConfig
+    record: dict
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+
+def run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, shuffle_key)`` for a seed; epoch ``k`` shuffles with ``fold_in(shuffle_key, k)``."""
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, shuffle_key
+
+
+def check_dtype(config: TrainConfig) -> None:
+    """float64 needs JAX's 64-bit mode; refuse it at the start rather than train in float32."""
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError("dtype float64 needs jax.config.update('jax_enable_x64', True) before anything runs")
+
+
+def init_state(
+    config: TrainConfig, init_key: jax.Array, inputs: int, classes: int, learning_rate: float | jax.Array | None = None
+) -> TrainState:
+    """A fresh network of ``inputs``-``config.hidden``-``classes`` (computing with the config's
+    activation and its cost's output function) and its optimizer state. ``learning_rate``
+    (default ``config.lr``) may be a traced value, so one compiled program can start many rates."""
+    sizes = (inputs, *config.hidden, classes)
+    network = init_mlp(init_key, sizes, config.activation, resolve_cost(config.cost).output, jnp.dtype(config.dtype))
+    rate = config.lr if learning_rate is None else learning_rate
+    return TrainState(network, make_optimizer(config.optimizer, rate).init(network))
+
+
+def make_step(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+    """``step(state, images (B, inputs), labels (B,)) -> (state, cost)``: one gradient-descent step
+    on the config's objective (cost, ``l2``, ``penalty``) with its optimizer. The cost returned
+    is the mini-batch's cost before the update."""
+    objective = make_objective(config.cost, config.l2, config.penalty)
+    # The rate given here is a placeholder: inject_hyperparams reads it from the state.
+    optimizer = make_optimizer(config.optimizer, config.lr)
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, jax.Array]:
+        cost, grads = jax.value_and_grad(objective)(state.params, images, labels)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), cost
+
+    return step
+
+
+def batch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """``(num_examples // batch_size, batch_size) int32``: a shuffled split into mini-batches.
+
+    The last ``num_examples % batch_size`` examples of the permutation sit the epoch out.
+    """
+    num_batches = num_examples // batch_size
+    order = jax.random.permutation(key, num_examples)[: num_batches * batch_size]
+    return order.reshape(num_batches, batch_size)
+
+
+def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+    """``epoch(state, key, images (N, inputs), labels (N,)) -> (state, mean mini-batch cost)``.
+
+    One ``lax.scan`` over the shuffled mini-batches; the data stays on the device and each step
+    gathers its batch by index.
+    """
+    step = make_step(config)
+
+    def epoch(state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array):
+        def body(state, batch_indices):
+            return step(state, images[batch_indices], labels[batch_indices])
+
+        state, costs = jax.lax.scan(body, state, batch_order(key, images.shape[0], config.batch_size))
+        return state, jnp.mean(costs)
+
+    return epoch
+
+
+def make_guarded_epoch(config: TrainConfig):
+    """``epoch(state, alive, key, images, labels) -> (state, alive, cost)``: ``make_epoch`` that
+    keeps the last finite state once the cost turns NaN or infinite (``alive`` turns False and
+    stays so). ``train`` runs it as it is; a sweep runs it under ``vmap``."""
+    epoch_fn = make_epoch(config)
+
+    def guarded(state: TrainState, alive: jax.Array, key: jax.Array, images: jax.Array, labels: jax.Array):
+        new_state, cost = epoch_fn(state, key, images, labels)
+        alive = alive & jnp.isfinite(cost)
+        state = jax.tree_util.tree_map(lambda new, old: jnp.where(alive, new, old), new_state, state)
+        return state, alive, cost
+
+    return guarded
+
+
+def compiled(build: Callable[[TrainConfig], Callable], config: TrainConfig, *args, **jit_options) -> Callable:
+    """``jax.jit(build(config))`` compiled ahead of time for ``args``' shapes, dtypes and shardings.
+
+    Compiled once per process and program: the key is ``build``, ``program_key(config)`` (your
+    own cost, optimizer and penalty as the objects they are) and the arguments' specs, so runs
+    that differ only in learning rate, seed or epochs reuse it, and a redefined cost does not.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    specs = tuple(
+        jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x), weak_type=getattr(x, "weak_type", False),
+                             sharding=getattr(x, "sharding", None) if isinstance(x, jax.Array) else None)
+        for x in leaves
+    )
+    return _compile(build, program_key(config), treedef, specs, tuple(sorted(jit_options.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(build, program: TrainConfig, treedef, specs: tuple, jit_options: tuple):
+    fn = jax.jit(build(program), **dict(jit_options))
+    return fn.lower(*jax.tree_util.tree_unflatten(treedef, specs)).compile()
+
+
+_count_correct = jax.jit(correct_count)
+
+
+def eval_chunks(images: jax.Array, labels: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+    """``images``/``labels`` in slices of ``EVAL_CHUNK``, made once and reused every epoch."""
+    return [(images[s : s + EVAL_CHUNK], labels[s : s + EVAL_CHUNK]) for s in range(0, images.shape[0], EVAL_CHUNK)]
+
+
+def chunked_accuracy(count: Callable, params, chunks: Sequence[tuple[jax.Array, jax.Array]], fetch=np.asarray) -> np.ndarray:
+    """Exact counts of ``count(params, images, labels)`` summed over ``chunks``, then divided."""
+    correct = sum(fetch(count(params, images, labels)).astype(np.int64) for images, labels in chunks)
+    return correct / sum(labels.shape[0] for _, labels in chunks)
+
+
+def evaluate(network: Network, images: jax.Array, labels: jax.Array) -> float:
+    """Accuracy of ``network`` on ``images (N, inputs)``, ``labels (N,)``, counted in chunks."""
+    check_images(network, images, "evaluate")
+    check_labels(network, images, labels, "evaluate")
+    return float(chunked_accuracy(_count_correct, network, eval_chunks(jnp.asarray(images, network.dtype), jnp.asarray(labels))))
+
+
+def chance_level(labels: np.ndarray) -> float:
+    """The accuracy of always answering the most common class."""
+    return float(np.bincount(np.asarray(labels)).max() / len(labels))
+
+
+def format_epoch(record: dict, epochs: int) -> str:
+    """The one line printed per epoch."""
+    return (
+        f"epoch {record['epoch']:>3}/{epochs}  cost {record['train_cost']:.4f}  "
+        f"train {100 * record['train_accuracy']:.2f}%  test {100 * record['test_accuracy']:.2f}%  "
+        f"{record['seconds']:.2f}s"
+    )
+
+
+def check_fits(config: TrainConfig, data: Dataset) -> None:
+    """Refuse a batch size larger than the training set."""
+    if config.batch_size > len(data.train_images):
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(data.train_images)} training images")
+
+
+def train(
+    config: TrainConfig = TrainConfig(),
+    data: Dataset | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
+    """Train the network ``config`` describes on ``data``; return it with its per-epoch history.
+
+    ``data`` defaults to ``load_mnist(data_dir, config.dataset)``; with your own ``Dataset`` the
+    network's input and output sizes follow it and ``config.dataset`` becomes its name. With
+    ``out_dir``, a checkpoint is written atomically after every epoch, and ``resume=True``
+    continues from the last one (bit-identical to an uninterrupted run; another config, epochs
+    aside, or other data raises ``ConfigError``). An ``out_dir`` that holds another run raises
+    ``RunFolderError`` unless ``overwrite``; one that another process is using, always. A cost
+    that becomes NaN or infinite stops training: the result holds the last finite network and
+    ``status == "diverged"``. A run that ends at chance accuracy with its cost no longer falling
+    is ``"stalled"`` and warns (``StalledWarning``).
+    """
+    check_dtype(config)
+    if data is None:
+        data = load_mnist(data_dir, config.dataset)
+    elif config.dataset != data.name:
+        config = config.replace(dataset=data.name)
+    check_fits(config, data)
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    data_info = data.describe() if folder is not None else None
+    init_key, shuffle_key = run_keys(config.seed)
+    state, history = init_state(config, init_key, data.inputs, data.num_classes), []
+    if folder is not None:
+        folder.claim(resume=resume, overwrite=overwrite)
+    try:
+        if folder is not None and resume:
+            state, history = folder.load_training(config, template=state, data_info=data_info)
+        return _train_loop(config, data, state, history, shuffle_key, folder, data_info, progress)
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _train_loop(config, data, state, history, shuffle_key, folder, data_info, progress) -> TrainResult:
+    dtype = jnp.dtype(config.dtype)
+    train_x, train_y = jnp.asarray(data.train_images, dtype), jnp.asarray(data.train_labels)
+    chunks = {split: eval_chunks(jnp.asarray(x, dtype), jnp.asarray(y)) for split, (x, y) in
+              (("train", (data.train_images, data.train_labels)), ("test", (data.test_images, data.test_labels)))}
+    alive = jnp.asarray(True)
+    epoch_fn = compiled(make_guarded_epoch, config, state, alive, shuffle_key, train_x, train_y)
+    with Progress(config.epochs, "epoch", "training", progress, initial=len(history)) as bar:
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            start = time.perf_counter()
+            state, alive, cost = epoch_fn(state, alive, jax.random.fold_in(shuffle_key, epoch), train_x, train_y)
+            cost = float(cost)
+            seconds = time.perf_counter() - start
+            if not math.isfinite(cost):
+                history.append({"epoch": epoch, "train_cost": cost, "diverged": True, "seconds": seconds})
+                break
+            history.append({
+                "epoch": epoch, "train_cost": cost,
+                "train_accuracy": float(chunked_accuracy(_count_correct, state.params, chunks["train"])),
+                "test_accuracy": float(chunked_accuracy(_count_correct, state.params, chunks["test"])),
+                "seconds": seconds,
+            })
+            if folder is not None:
+                folder.save_training(config, state, history, data_info)
+            bar.update()
+            bar.write(format_epoch(history[-1], config.epochs))
+    status = run_status(history, chance_level(data.train_labels))
+    record = run_record(config, history, status)
+    if status == "stalled":
+        warnings.warn(
+            f"the run stalled: training accuracy {100 * record['train_accuracy']:.1f}% is at chance and the cost "
+            f"stopped falling at {record['train_cost']:.4g}; try a smaller lr", StalledWarning, stacklevel=3,
+        )
+    if folder is not None:
+        folder.save_result(state.params, {**record, "data": data_info, "environment": environment_info()}, history)
+    return TrainResult(state.params, history, status, state, config, record)
+
+
+def params_to_numpy(network: Network) -> Network:
+    """A copy of ``network`` with numpy arrays (for saving or comparing)."""
+    return jax.tree_util.tree_map(np.asarray, network)
