@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdigits.config import TrainConfig
-from jaxdigits.errors import CheckpointError, ConfigError, RunFolderError
+from jaxdigits.errors import CheckpointError, ConfigError, InputError, RunFolderError
 from jaxdigits.files import RUN_MARKERS, claim_folder, environment_info, interrupts_deferred, json_safe, write_atomic, write_json
 from jaxdigits.model import Network
 
@@ -140,7 +140,7 @@ def network_from_tensors(tensors: dict[str, np.ndarray], spec: Any, path: Path, 
         raise CheckpointError(f"{path}: holds more layers than sizes {list(sizes)} describe")
     try:
         return Network(layers, activation, output)
-    except ConfigError as exc:
+    except (ConfigError, InputError) as exc:  # Network refuses an unknown activation with InputError
         raise CheckpointError(f"{path}: {exc}") from None
 
 

@@ -20,7 +20,7 @@ from jaxdigits.config import FIELDS, TrainConfig
 
 STATUSES = ("ok", "diverged", "stalled")
 # A run is stalled when its training accuracy ends within this much of always answering the
-# most common class, and its cost did not fall over the last epochs (or it trained one epoch).
+# most common class, and its cost did not fall over the last epochs (one epoch cannot tell).
 STALL_MARGIN = 0.05
 STALL_WINDOW = 3
 STALL_MIN_DROP = 0.01
@@ -34,8 +34,8 @@ def config_id(config: TrainConfig) -> str:
 def run_status(history: Sequence[dict], chance: float) -> str:
     """``diverged`` when an epoch's cost became NaN or infinite; ``stalled`` when the last
     training accuracy is within ``STALL_MARGIN`` of ``chance`` (the share of the most common
-    training class) and the cost fell by less than ``STALL_MIN_DROP`` (relative) over the last
-    ``STALL_WINDOW`` epochs; else ``ok``."""
+    training class) and its last cost is not ``STALL_MIN_DROP`` (relative) below the lowest of the
+    ``STALL_WINDOW`` epochs before it (so a run needs two epochs to be called stalled); else ``ok``."""
     if any(h.get("diverged") for h in history):
         return "diverged"
     finished = [h for h in history if h.get("train_cost") is not None]
@@ -45,7 +45,7 @@ def run_status(history: Sequence[dict], chance: float) -> str:
     if accuracy is None or accuracy > chance + STALL_MARGIN:
         return "ok"
     costs = [h["train_cost"] for h in finished[-STALL_WINDOW - 1 :]]
-    falling = len(costs) > 1 and costs[-1] < (1 - STALL_MIN_DROP) * max(costs[:-1])
+    falling = len(costs) < 2 or costs[-1] < (1 - STALL_MIN_DROP) * min(costs[:-1])
     return "ok" if falling else "stalled"
 
 
@@ -102,7 +102,7 @@ def format_table(records: Sequence[dict], limit: int | None = None) -> str:
     (%), final training accuracy (%), final cost and status."""
     records = sorted(records, key=_sort_key)
     varying = [c for c in VARYING_COLUMNS if len({json.dumps(r.get(c)) for r in records}) > 1]
-    header = ["#", "hidden", "lr", "seed", *varying, "test %", "best %", "train %", "cost", "status"]
+    header = ["#", "hidden", "lr", "seed", *varying, "test %", "best %", "train %", "train cost", "status"]
     rows = []
     for rank, r in enumerate(records[:limit] if limit else records, 1):
         status = f"diverged@{r['diverged_epoch']}" if r.get("status") == "diverged" else r.get("status", "ok")

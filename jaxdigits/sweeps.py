@@ -73,7 +73,7 @@ from jaxdigits.progress import Progress
 from jaxdigits.records import config_id, run_record, run_status, sizes_label
 from jaxdigits.sweep_folder import SweepFolder
 from jaxdigits.training import (chance_level, check_dtype, check_fits, chunked_accuracy, compiled, eval_chunks,
-                                init_state, make_guarded_epoch, run_keys)
+                                init_state, jitted, make_guarded_epoch, run_keys)
 
 MESH_AXIS = "configs"
 
@@ -267,7 +267,7 @@ def train_group(
     compile_start = time.perf_counter()
     epoch_fn = compiled(group_epoch, program, states, alive, shuffle_keys, 1, data.train_images, data.train_labels,
                         out_shardings=(cells, cells, cells))
-    count_fn = compiled(group_count, program, states.params, *data.test_chunks[0], out_shardings=cells)
+    count_fn = jitted(group_count, program, out_shardings=cells)
     compile_seconds = time.perf_counter() - compile_start
     real = [(r, c) for r, c in zip(*np.nonzero(layout.index >= 0))]
     histories: dict[tuple, list[dict]] = {cell: [] for cell in real}

@@ -166,8 +166,18 @@ def compiled(build: Callable[[TrainConfig], Callable], config: TrainConfig, *arg
 
 @functools.lru_cache(maxsize=64)
 def _compile(build, program: TrainConfig, treedef, specs: tuple, jit_options: tuple):
-    fn = jax.jit(build(program), **dict(jit_options))
-    return fn.lower(*jax.tree_util.tree_unflatten(treedef, specs)).compile()
+    return _jitted(build, program, jit_options).lower(*jax.tree_util.tree_unflatten(treedef, specs)).compile()
+
+
+def jitted(build: Callable[[TrainConfig], Callable], config: TrainConfig, **jit_options) -> Callable:
+    """``jax.jit(build(config))``, one per program (the same key as ``compiled``); it compiles
+    for each new argument shape, as ``jax.jit`` does (evaluation chunks of several sizes)."""
+    return _jitted(build, program_key(config), tuple(sorted(jit_options.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(build, program: TrainConfig, jit_options: tuple):
+    return jax.jit(build(program), **dict(jit_options))
 
 
 _count_correct = jax.jit(correct_count)
