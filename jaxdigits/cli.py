@@ -204,6 +204,8 @@ def add_sweep_parser(commands) -> None:
                        "(default: all of one shape; smaller loses less to Ctrl-C)")
     sweep.add_argument("--cpu-devices", type=_positive("--cpu-devices"), help="with no accelerator, split the CPU into this many devices "
                        "(default: one per core)")
+    sweep.add_argument("--exact", action="store_true", help="train each configuration's arithmetic on its own, so "
+                       "its numbers equal `jaxdigits train`'s bit for bit on any device count and group (slower)")
     sweep.add_argument("--top", type=_positive("--top"), help="show only the best N configurations in the summary table")
     sweep.add_argument("--distributed", action="store_true", help="join a multi-host run through "
                        "jax.distributed.initialize() (cluster auto-detection, or the three flags below)")
@@ -260,7 +262,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         warnings.showwarning = lambda message, *_, **__: print(f"jaxdigits sweep: warning: {message}", file=sys.stderr)
         try:
             result = sweep(grid, data_dir=args.data_dir, out_dir=args.out, overwrite=args.overwrite,
-                           max_group_size=args.group_size, progress=True)
+                           max_group_size=args.group_size, exact=args.exact, progress=True)
         except KeyboardInterrupt:
             if writer and SweepFolder(args.out).saved_grid() is None:
                 print("interrupted before the sweep started; nothing is saved, run the same command again",

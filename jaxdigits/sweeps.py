@@ -54,6 +54,7 @@ Results
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -152,8 +153,9 @@ def use_cpu_cores(count: int | None = None) -> bool:
     """
     if count is not None and count < 1:
         raise ConfigError(f"cpu_devices must be at least 1, got {count}")
-    if count is None and "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return False
+    if count is None and ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+                          or jax.config.jax_num_cpu_devices > 0):
+        return False  # the device count was chosen already
     if count is None:
         count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if jax.config.jax_num_cpu_devices == count:
@@ -198,6 +200,34 @@ def group_epoch(program: TrainConfig) -> Callable:
         return guarded(states, alive, keys, images, labels)
 
     return epoch
+
+
+@functools.lru_cache(maxsize=None)
+def exact_group_epoch(mesh: Mesh, cells: PartitionSpec) -> Callable[[TrainConfig], Callable]:
+    """A builder like ``group_epoch`` whose members never share arithmetic: each device runs its
+    members one after another (``lax.map``) through ``train``'s own unbatched epoch, so every
+    member's numbers are bit for bit those of ``train`` alone, whatever the group and the device
+    count. The devices still run in parallel (``shard_map`` over the configuration axis)."""
+
+    def build(program: TrainConfig) -> Callable:
+        guarded = make_guarded_epoch(program)
+
+        def members(states, alive, keys, images, labels):
+            s, l = alive.shape
+            flat = lambda x: x.reshape((s * l,) + x.shape[2:])  # noqa: E731
+            out = jax.lax.map(lambda m: guarded(m[0], m[1], m[2], images, labels),
+                              (jax.tree_util.tree_map(flat, states), flat(alive), jnp.repeat(keys, l, axis=0)))
+            return jax.tree_util.tree_map(lambda x: x.reshape((s, l) + x.shape[1:]), out)
+
+        def epoch(states, alive, shuffle_keys, epoch_number, images, labels):
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(shuffle_keys, epoch_number)
+            run = jax.shard_map(members, mesh=mesh, in_specs=(cells, cells, PartitionSpec(cells[0]), PartitionSpec(), PartitionSpec()),
+                                out_specs=(cells, cells, cells))
+            return run(states, alive, keys, images, labels)
+
+        return epoch
+
+    return build
 
 
 def group_count(program: TrainConfig) -> Callable:
@@ -248,11 +278,13 @@ def train_group(
     data: DeviceData,
     mesh: Mesh,
     on_epoch: Callable[[int, int], None] | None = None,
+    exact: bool = False,
 ) -> list[dict]:
     """Train ``configs`` (one program, see ``group_configs``) together; one record per config.
 
     Each config's numbers are those ``train(config, data)`` gives (same seed, same batches) up
-    to float rounding. ``on_epoch(epoch, epochs)`` is called after each epoch.
+    to float rounding; with ``exact``, bit for bit (see ``exact_group_epoch``).
+    ``on_epoch(epoch, epochs)`` is called after each epoch.
     """
     start = time.perf_counter()
     program, epochs = program_key(configs[0]), configs[0].epochs
@@ -265,7 +297,8 @@ def train_group(
     states, shuffle_keys = init_rectangle(program, layout, (data.inputs, data.classes), cells, rows)
     alive = _put(np.ones(layout.index.shape, bool), cells)
     compile_start = time.perf_counter()
-    epoch_fn = compiled(group_epoch, program, states, alive, shuffle_keys, 1, data.train_images, data.train_labels,
+    build = exact_group_epoch(mesh, cells.spec) if exact else group_epoch
+    epoch_fn = compiled(build, program, states, alive, shuffle_keys, 1, data.train_images, data.train_labels,
                         out_shardings=(cells, cells, cells))
     count_fn = jitted(group_count, program, out_shardings=cells)
     compile_seconds = time.perf_counter() - compile_start
@@ -299,7 +332,7 @@ def train_group(
         records[layout.index[cell]] = run_record(
             configs[layout.index[cell]], history, run_status(history, data.chance),
             seconds=group_seconds / len(configs), group_size=len(configs), group_seconds=group_seconds,
-            compile_seconds=compile_seconds, devices=mesh.size,
+            compile_seconds=compile_seconds, devices=mesh.size, exact=exact,
         )
     return records
 
@@ -323,6 +356,7 @@ def sweep(
     max_group_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     cpu_devices: int | None = None,
+    exact: bool = False,
     progress: bool = False,
     **axes: Any,
 ) -> SweepResult:
@@ -338,7 +372,10 @@ def sweep(
     anything else is refused unless ``overwrite``. Configurations run as groups of at most
     ``max_group_size`` (default: all of one program) sharded over ``devices`` (default: every
     device; on a CPU-only host each core is one, or ``cpu_devices`` of them, when JAX has not
-    started yet).
+    started yet). With ``exact``, members share no arithmetic: each configuration's numbers are
+    bit for bit those of ``train`` alone, on any device count and in any group (slower: see the
+    README); by default members of one seed share one wide first-layer product, which rounds
+    differently as the group and the device count change.
 
     Each record is ``train``'s record for that configuration (see ``records.run_record``):
     the config fields, ``status`` (``ok``, ``diverged``: the numbers are from the last finite
@@ -386,7 +423,8 @@ def sweep(
                 key = (first.dataset, first.dtype)
                 if key not in on_device:
                     on_device[key] = put_data(datasets[first.dataset], mesh, first.dtype)
-                records = train_group(group, on_device[key], mesh, on_epoch=lambda e, n: bar.status(f"epoch {e}/{n}"))
+                records = train_group(group, on_device[key], mesh, on_epoch=lambda e, n: bar.status(f"epoch {e}/{n}"),
+                                      exact=exact)
                 if folder is not None:
                     folder.append(records)
                 new.update((r["id"], r) for r in records)
