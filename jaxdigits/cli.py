@@ -102,11 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import warnings
-
     from jaxdigits.checkpoint import RunFolder
     from jaxdigits.config import TrainConfig
-    from jaxdigits.training import StalledWarning, train
+    from jaxdigits.training import train
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
@@ -115,11 +113,8 @@ def run_train(args: argparse.Namespace) -> int:
     saved = RunFolder(args.out).saved_config() if args.resume else None
     config = (TrainConfig.from_dict(saved) if saved else TrainConfig()).replace(**config_overrides(args))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", StalledWarning)
-            warnings.showwarning = lambda message, *_, **__: print(f"jaxdigits train: warning: {message}", file=sys.stderr)
-            result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
-                           overwrite=args.overwrite, progress=True)
+        result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
+                       overwrite=args.overwrite, progress=True)
     except KeyboardInterrupt:
         print(_interrupted_message(args), file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -162,11 +157,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     network, info = load_params(args.checkpoint)
     dataset = (info.get("config") or {}).get("dataset", "mnist")
     data = load_mnist(args.data_dir, dataset)
+    if data.name != dataset:
+        raise ConfigError(f"the network was trained on {dataset} and these files are {data.name}; "
+                          f"give --data-dir a folder with {dataset}")
     if data.inputs != network.sizes[0] or data.num_classes != network.sizes[-1]:
         raise ConfigError(f"the network takes {network.sizes[0]} inputs and {network.sizes[-1]} classes; "
                           f"{dataset} has {data.inputs} and {data.num_classes}")
     acc = evaluate(network, data.test_images, data.test_labels)
-    print(f"test accuracy {100 * acc:.2f}% ({dataset}, {len(data.test_labels)} images)")
+    print(f"test accuracy {100 * acc:.2f}% ({data.name}, {len(data.test_labels)} images)")
     return 0
 
 
@@ -202,7 +200,7 @@ def add_sweep_parser(commands) -> None:
     sweep.add_argument("--overwrite", action="store_true", help="start the sweep in --out over")
     sweep.add_argument("--group-size", type=_positive("--group-size"), help="at most this many configurations per compiled group "
                        "(default: all of one shape; smaller loses less to Ctrl-C)")
-    sweep.add_argument("--cpu-devices", type=_positive("--cpu-devices"), help="with no accelerator, split the CPU into this many devices "
+    sweep.add_argument("--cpu-devices", type=_positive("--cpu-devices", 256), help="with no accelerator, split the CPU into this many devices "
                        "(default: one per core)")
     sweep.add_argument("--exact", action="store_true", help="train each configuration's arithmetic on its own, so "
                        "its numbers equal `jaxdigits train`'s bit for bit on any device count and group (slower)")
@@ -212,6 +210,8 @@ def add_sweep_parser(commands) -> None:
     sweep.add_argument("--coordinator", help="with --distributed: host:port of process 0")
     sweep.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
     sweep.add_argument("--process-id", type=int, help="with --distributed: this process's index")
+    sweep.add_argument("--timeout", type=_positive("--timeout", 3600), default=60,
+                       help="with --distributed: seconds to wait for the other processes (default 60)")
     sweep.set_defaults(handler=run_sweep)
 
 
@@ -241,40 +241,76 @@ def sweep_grid(args: argparse.Namespace):
     return base.replace(**config_overrides(args))
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    import warnings
+def join_cluster(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` with a bounded wait; SIGTERM ends the wait at once (nothing
+    is written yet), and a failure is one line."""
+    import jax
 
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        if args.coordinator and args.process_id:  # process 0 hosts the coordinator; the others first wait for it
+            _wait_for_coordinator(args.coordinator, args.timeout)
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                   initialization_timeout=args.timeout)
+    except ConfigError:
+        raise
+    except Exception as exc:  # jax reports a missing cluster or a silent coordinator in several ways
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"--distributed: could not join a cluster within {args.timeout} s ({reason}); with no "
+                          "cluster manager give --coordinator HOST:PORT --num-processes N --process-id I") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Wait until something listens at ``host:port`` (JAX's own wait ends in an abort, not an error)."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--coordinator {address!r} is not HOST:PORT")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"--distributed: no coordinator answered at {address} within {timeout} s "
+                                  f"({exc.strerror or exc}); start process 0 first, or raise --timeout") from None
+            time.sleep(0.5)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
     import jax
 
     from jaxdigits.records import format_table, sizes_label
-    from jaxdigits.sweep_folder import ResultsWarning, SweepFolder
+    from jaxdigits.sweep_folder import SweepFolder
     from jaxdigits.sweeps import sweep, use_cpu_cores
 
     if args.distributed:
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        join_cluster(args)
     elif args.coordinator or args.num_processes or args.process_id is not None:
         raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
     use_cpu_cores(args.cpu_devices)
     grid = sweep_grid(args)
     writer = jax.process_index() == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", ResultsWarning)
-        warnings.showwarning = lambda message, *_, **__: print(f"jaxdigits sweep: warning: {message}", file=sys.stderr)
-        try:
-            result = sweep(grid, data_dir=args.data_dir, out_dir=args.out, overwrite=args.overwrite,
-                           max_group_size=args.group_size, exact=args.exact, progress=True)
-        except KeyboardInterrupt:
-            if writer and SweepFolder(args.out).saved_grid() is None:
-                print("interrupted before the sweep started; nothing is saved, run the same command again",
-                      file=sys.stderr)
-            elif writer:
-                done = SweepFolder(args.out).finished_count()
-                command = ["jaxdigits", "sweep", "--out", str(args.out)]
-                if args.data_dir is not None:
-                    command += ["--data-dir", str(args.data_dir)]
-                print(f"interrupted; {done} of {len(grid.configs())} configurations are saved in "
-                      f"{args.out / 'results.jsonl'}: resume with `{shlex.join(command)}`", file=sys.stderr)
-            return EXIT_INTERRUPTED
+    try:
+        result = sweep(grid, data_dir=args.data_dir, out_dir=args.out, overwrite=args.overwrite,
+                       max_group_size=args.group_size, exact=args.exact, progress=True)
+    except KeyboardInterrupt:
+        if writer and SweepFolder(args.out).saved_grid() is None:
+            print("interrupted before the sweep started; nothing is saved, run the same command again",
+                  file=sys.stderr)
+        elif writer:
+            done = SweepFolder(args.out).finished_count()
+            command = ["jaxdigits", "sweep", "--out", str(args.out)]
+            if args.data_dir is not None:
+                command += ["--data-dir", str(args.data_dir)]
+            print(f"interrupted; {done} of {len(grid.configs())} configurations are saved in "
+                  f"{args.out / 'results.jsonl'}: resume with `{shlex.join(command)}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if writer:
         print(format_table(result.records, limit=args.top))
         finished = [r for r in result.records if r["status"] == "ok"]
@@ -297,11 +333,17 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxdigits`` console script."""
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a polite kill stops as Ctrl-C does, keeping finished work
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # every warning is news to the person at the terminal
+            warnings.showwarning = lambda message, category, *_, **__: print(
+                f"jaxdigits {args.command}: warning: {message}", file=sys.stderr)
+            return args.handler(args)
     except JaxdigitsError as exc:
         print(f"jaxdigits {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import os
 import stat
+import warnings
 import zlib
 from pathlib import Path
 import numpy as np
@@ -227,10 +228,37 @@ def load_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
+# SHA-256 of the training labels' bytes (the IDX body) of the known datasets: what the files
+# really are, whatever name they were loaded under.
+KNOWN_TRAIN_LABELS = {
+    "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13": "mnist",
+    "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7": "fashion_mnist",
+}
+
+
+class DataWarning(UserWarning):
+    """Data that loads but is not what its name says."""
+
+
+def recognise(labels: np.ndarray) -> str | None:
+    """The known dataset whose training labels these are, or ``None``."""
+    import hashlib
+
+    return KNOWN_TRAIN_LABELS.get(hashlib.sha256(np.asarray(labels, np.uint8).tobytes()).hexdigest())
+
+
 def load_idx_files(paths: dict[str, Path], name: str = "mnist") -> Dataset:
-    """A ``Dataset`` from the four IDX files named by ``IDX_FILES``' keys."""
+    """A ``Dataset`` from the four IDX files named by ``IDX_FILES``' keys.
+
+    Files recognised as another known dataset than ``name`` (Fashion-MNIST given as MNIST) are
+    named for what they are, with a ``DataWarning``."""
     train = load_split(paths["train_images"], paths["train_labels"])
     test = load_split(paths["test_images"], paths["test_labels"])
+    actual = recognise(train[1])
+    if actual is not None and actual != name:
+        warnings.warn(f"{paths['train_labels'].parent}: these files are {actual}, not {name}; "
+                      f"recording them as {actual}", DataWarning, stacklevel=3)
+        name = actual
     return Dataset(*train, *test, name=name, num_classes=NUM_CLASSES)
 
 

@@ -74,7 +74,7 @@ from jaxdigits.progress import Progress
 from jaxdigits.records import config_id, run_record, run_status, sizes_label
 from jaxdigits.sweep_folder import SweepFolder
 from jaxdigits.training import (chance_level, check_dtype, check_fits, chunked_accuracy, compiled, eval_chunks,
-                                init_state, jitted, make_guarded_epoch, run_keys)
+                                init_state, jitted, make_guarded_epoch, memory_estimate, run_keys)
 
 MESH_AXIS = "configs"
 
@@ -400,6 +400,12 @@ def sweep(
         raise ConfigError(f"cpu_devices={cpu_devices}: JAX has already started with {jax.device_count()} devices; "
                           "call jd.use_cpu_cores(N) before any JAX computation, or pass devices=")
     datasets = {data.name: data} if data is not None else {name: load_mnist(data_dir, name) for name in grid.values("dataset")}
+    if any(name != loaded.name for name, loaded in datasets.items()):  # files recognised as another dataset
+        if len(datasets) > 1:
+            raise ConfigError("a dataset folder holds another dataset than its name says; sweep one dataset at a time")
+        datasets = {loaded.name: loaded for loaded in datasets.values()}
+        grid = grid.replace(dataset=list(datasets))
+        configs = grid.configs()
     for config in configs:
         check_fits(config, datasets[config.dataset])
 
@@ -413,9 +419,16 @@ def sweep(
         todo = [c for c in configs if config_id(c) not in done]
         mesh = config_mesh(devices)
         groups = group_configs(todo, max_group_size)
+        for group in groups:  # before anything trains: a group that cannot fit is refused up front
+            check_fits(group[0], datasets[group[0].dataset], members=len(group))
         on_device: dict[tuple, DeviceData] = {}
         new: dict[str, dict] = {}
         with Progress(len(configs), "config", "sweep", progress and writer, initial=len(done)) as bar:
+            if groups:
+                largest = max(groups, key=len)
+                bar.write(f"{len(todo)} configurations to train in {len(groups)} groups on {mesh.size} devices; the "
+                          f"largest group needs about {memory_estimate(largest[0], datasets[largest[0].dataset], len(largest)) / 2**20:.0f} MiB",
+                          file=sys.stderr)
             for number, group in enumerate(groups, 1):
                 first = group[0]
                 label = f"group {number}/{len(groups)} {sizes_label(first.hidden)} x{len(group)}"

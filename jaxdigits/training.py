@@ -215,10 +215,50 @@ def format_epoch(record: dict, epochs: int) -> str:
     )
 
 
-def check_fits(config: TrainConfig, data: Dataset) -> None:
-    """Refuse a batch size larger than the training set."""
+def memory_estimate(config: TrainConfig, data: Dataset, members: int = 1) -> int:
+    """Bytes a run of ``config`` on ``data`` needs at its peak, roughly: the data on the device,
+    and per member the params with their gradients, updates and optimizer state (5 copies), one
+    mini-batch's gathered inputs and its activations and their gradients, and one evaluation
+    chunk's activations."""
+    itemsize = np.dtype(config.dtype).itemsize
+    sizes = (data.inputs, *config.hidden, data.num_classes)
+    params = sum(m * n + n for m, n in zip(sizes[:-1], sizes[1:]))
+    widths = sum(sizes[1:])
+    per_member = 5 * params + config.batch_size * (data.inputs + 2 * widths) + EVAL_CHUNK * widths
+    data_bytes = (len(data.train_images) + len(data.test_images)) * data.inputs
+    return itemsize * (data_bytes + members * per_member)
+
+
+def available_memory() -> int | None:
+    """Bytes the default device can use: an accelerator's memory limit, or the host's available
+    memory (``MemAvailable``) for a CPU; ``None`` when unknown."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats.get("bytes_limit")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(config: TrainConfig, data: Dataset, members: int = 1) -> None:
+    """Refuse a batch size larger than the training set, and a run whose estimated memory
+    (``memory_estimate``) exceeds what the device has, before anything is allocated."""
     if config.batch_size > len(data.train_images):
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(data.train_images)} training images")
+    needed, available = memory_estimate(config, data, members), available_memory()
+    if available is not None and needed > 0.8 * available:
+        what = f"{members} configurations of " if members > 1 else ""
+        raise ConfigError(
+            f"{what}hidden {list(config.hidden)} at batch_size {config.batch_size} need about {needed / 2**30:.1f} GiB "
+            f"and {jax.devices()[0].platform} has {available / 2**30:.1f} GiB available; use a smaller batch_size or "
+            "narrower hidden layers" + (" (or a smaller --group-size)" if members > 1 else "")
+        )
 
 
 def train(
@@ -246,7 +286,7 @@ def train(
     check_dtype(config)
     if data is None:
         data = load_mnist(data_dir, config.dataset)
-    elif config.dataset != data.name:
+    if config.dataset != data.name:  # your own arrays, or files that turned out to be another dataset
         config = config.replace(dataset=data.name)
     check_fits(config, data)
     folder = RunFolder(out_dir) if out_dir is not None else None
