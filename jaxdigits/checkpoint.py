@@ -174,7 +174,9 @@ def load_params(path: str | os.PathLike) -> tuple[Network, dict[str, Any]]:
 
 
 def _differences(saved: dict, given: dict) -> list[str]:
-    return [f"{k} {saved.get(k)} (saved) vs {given[k]}" for k in given if k != "epochs" and saved.get(k) != given[k]]
+    """What differs; more epochs may be asked for unless a schedule spans the run's epochs."""
+    free = ("epochs",) if given.get("schedule", "constant") == "constant" else ()
+    return [f"{k} {saved.get(k)} (saved) vs {given[k]}" for k in given if k not in free and saved.get(k) != given[k]]
 
 
 class RunFolder:

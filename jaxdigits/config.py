@@ -24,12 +24,13 @@ from typing import Any, Callable
 from jaxdigits.costs import COSTS
 from jaxdigits.data import DATASETS
 from jaxdigits.errors import ConfigError
-from jaxdigits.model import ACTIVATIONS
-from jaxdigits.optimizers import OPTIMIZERS
+from jaxdigits.model import ACTIVATIONS, INITS
+from jaxdigits.optimizers import OPTIMIZERS, SCHEDULES
 
 SEED_LIMIT = 2**32  # jax.random.PRNGKey takes 32-bit seeds; larger ones would alias smaller ones
 COUNT_LIMIT = 2**31 - 1
 DTYPES = ("float32", "float64")
+AUGMENTS = ("none", "affine", "elastic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,16 @@ class TrainConfig:
     epochs: int = _setting(30, kind="int", help="epochs", low=1, high=10**6)
     seed: int = _setting(0, kind="int", help="random seed", low=0, high=SEED_LIMIT - 1)
     l2: float = _setting(0.0, kind="float", help="L2 penalty coefficient: adds l2 * 1/2 sum w^2", low=0.0)
+    schedule: str = _setting("constant", kind="name", help="learning-rate schedule over the whole run (scales lr)", choices=tuple(SCHEDULES))
+    init: str = _setting("lesson", kind="name", help="weight init: lesson N(0,1/fan_in) and N(0,1) biases, he, glorot", choices=tuple(INITS))
+    dropout: float = _setting(0.0, kind="float", help="dropout rate on hidden layers while training (0: off)", low=0.0, high=0.95)
+    augment: str = _setting("none", kind="name", help="distort each training image anew every step: affine, or elastic (with the affine)", choices=AUGMENTS)
+    rotation: float = _setting(10.0, kind="float", help="augment: largest rotation, degrees", low=0.0, high=180.0)
+    scale: float = _setting(0.1, kind="float", help="augment: largest relative scaling", low=0.0, high=1.0)
+    shear: float = _setting(10.0, kind="float", help="augment: largest shear, degrees", low=0.0, high=60.0)
+    shift: float = _setting(2.0, kind="float", help="augment: largest shift, pixels", low=0.0, high=14.0)
+    elastic_alpha: float = _setting(8.0, kind="float", help="augment elastic: displacement scale alpha, pixels", low=0.0, high=100.0)
+    elastic_sigma: float = _setting(3.0, kind="float", help="augment elastic: smoothing width sigma, pixels", low=0.5, high=20.0)
     dataset: str = _setting("mnist", kind="name", help="dataset to load (your own arrays: any name)", choices=DATASETS)
     dtype: str = _setting("float32", kind="name", help="float type of params and data (float64 needs jax_enable_x64)", choices=DTYPES)
 
@@ -190,9 +201,10 @@ DEFAULTS = TrainConfig()
 
 def program_key(config: TrainConfig) -> TrainConfig:
     """What decides a compiled epoch program: the config without its learning rate, seed and
-    epoch count (those are values the program takes, or how often it runs). Your own cost,
+    epoch count (those are values the program takes, or how often it runs; a schedule other
+    than ``constant`` spans the whole run, so there the epoch count stays). Your own cost,
     optimizer and penalty are part of the key as the objects they are, never by name."""
-    return config.replace(lr=DEFAULTS.lr, seed=DEFAULTS.seed, epochs=1)
+    return config.replace(lr=DEFAULTS.lr, seed=DEFAULTS.seed, epochs=1 if config.schedule == "constant" else config.epochs)
 
 
 # --- sweep grids ----------------------------------------------------------------------------

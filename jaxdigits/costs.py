@@ -94,17 +94,21 @@ def make_objective(
     cost: str | CostLike,
     l2: float = 0.0,
     penalty: Callable[[Network, jax.Array, jax.Array], jax.Array] | None = None,
-) -> Callable[[Network, jax.Array, jax.Array], jax.Array]:
-    """``objective(network, images (N, inputs), labels (N,)) -> scalar``:
+    dropout: float = 0.0,
+) -> Callable[..., jax.Array]:
+    """``objective(network, images (N, inputs), labels (N,), key=None) -> scalar``:
 
         C = (1/N) sum_x cost.per_example(z(x), label(x)) + l2 * (1/2) sum_w w^2 + penalty(network, images, labels)
+
+    With ``dropout`` and a ``key`` (training), ``z`` comes from the network with dropout on its
+    hidden layers; without a key the network computes as at evaluation.
     """
     cost = resolve_cost(cost)
 
-    def objective(network: Network, images: jax.Array, labels: jax.Array) -> jax.Array:
+    def objective(network: Network, images: jax.Array, labels: jax.Array, key: jax.Array | None = None) -> jax.Array:
         check_images(network, images, cost.name)
         check_labels(network, images, labels, cost.name)
-        value = jnp.mean(cost.per_example(_forward(network, images), labels))
+        value = jnp.mean(cost.per_example(_forward(network, images, dropout, key), labels))
         if not (isinstance(l2, (int, float)) and l2 == 0):  # XLA cannot drop 0 * x (x may be NaN)
             value = value + l2 * l2_penalty(network)
         if penalty is not None:

@@ -28,6 +28,27 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
 }
 
+def _lesson_init(key, fan_in, fan_out, dtype):
+    w_key, b_key = jax.random.split(key)
+    return (jax.random.normal(w_key, (fan_in, fan_out), dtype) / jnp.sqrt(jnp.asarray(fan_in, dtype)),
+            jax.random.normal(b_key, (fan_out,), dtype))
+
+
+def _he_init(key, fan_in, fan_out, dtype):
+    w_key, _ = jax.random.split(key)
+    return jax.random.normal(w_key, (fan_in, fan_out), dtype) * jnp.sqrt(jnp.asarray(2.0 / fan_in, dtype)), jnp.zeros(fan_out, dtype)
+
+
+def _glorot_init(key, fan_in, fan_out, dtype):
+    w_key, _ = jax.random.split(key)
+    limit = jnp.sqrt(jnp.asarray(6.0 / (fan_in + fan_out), dtype))
+    return jax.random.uniform(w_key, (fan_in, fan_out), dtype, -limit, limit), jnp.zeros(fan_out, dtype)
+
+
+# (key, fan_in, fan_out, dtype) -> (w, b). lesson: w ~ N(0, 1/fan_in), b ~ N(0, 1) (the lesson's);
+# he: w ~ N(0, 2/fan_in), b = 0; glorot: w ~ U(+-sqrt(6/(fan_in+fan_out))), b = 0.
+INITS = {"lesson": _lesson_init, "he": _he_init, "glorot": _glorot_init}
+
 OUTPUTS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "softmax": jax.nn.softmax,
@@ -77,11 +98,13 @@ def init_mlp(
     activation: str = "sigmoid",
     output: str = "sigmoid",
     dtype=jnp.float32,
+    init: str = "lesson",
 ) -> Network:
     """Random parameters for a fully connected network of the given layer sizes.
 
-    Weights are drawn from N(0, 1/fan_in) and biases from N(0, 1), as in the lesson's network.
-    Layer ``l`` holds ``{"w": (sizes[l], sizes[l+1]), "b": (sizes[l+1],)}`` of ``dtype``.
+    ``init`` (see ``INITS``): ``lesson`` draws weights from N(0, 1/fan_in) and biases from
+    N(0, 1), as in the lesson's network. Layer ``l`` holds ``{"w": (sizes[l], sizes[l+1]),
+    "b": (sizes[l+1],)}`` of ``dtype``.
     """
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2 or min(sizes) < 1:
@@ -89,13 +112,8 @@ def init_mlp(
     keys = jax.random.split(key, len(sizes) - 1)
     layers = []
     for layer_key, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
-        w_key, b_key = jax.random.split(layer_key)
-        layers.append(
-            {
-                "w": jax.random.normal(w_key, (fan_in, fan_out), dtype) / jnp.sqrt(jnp.asarray(fan_in, dtype)),
-                "b": jax.random.normal(b_key, (fan_out,), dtype),
-            }
-        )
+        w, b = INITS[init](layer_key, fan_in, fan_out, dtype)
+        layers.append({"w": w, "b": b})
     return Network(layers, activation, output)
 
 
@@ -129,7 +147,9 @@ def check_labels(network: Network, images, labels, where: str = "labels") -> Non
     if not jnp.issubdtype(dtype, jnp.integer):
         raise InputError(f"{where}: labels are {dtype}, expected integer classes 0..{classes - 1}")
     if _is_concrete(labels) and shape[0]:
-        low, high = int(jnp.min(labels)), int(jnp.max(labels))
+        # numpy, not jnp: inside a trace (jit, scan, vmap) jnp.min of a concrete array is a tracer
+        values = np.asarray(labels)
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= classes:
             raise InputError(f"{where}: label {high if high >= classes else low} is outside 0..{classes - 1}")
 
@@ -144,11 +164,16 @@ def forward(network: Network, images: jax.Array) -> jax.Array:
     return _forward(network, images)
 
 
-def _forward(network: Network, images: jax.Array) -> jax.Array:
+def _forward(network: Network, images: jax.Array, dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """``z``; with ``dropout`` and a ``key`` (training only), each hidden activation is zeroed
+    with probability ``dropout`` and the rest scaled by ``1 / (1 - dropout)``."""
     act = ACTIVATIONS[network.activation]
     a = images
-    for layer in network.layers[:-1]:
+    for number, layer in enumerate(network.layers[:-1]):
         a = act(a @ layer["w"] + layer["b"])
+        if dropout and key is not None:
+            keep = jax.random.bernoulli(jax.random.fold_in(key, number), 1.0 - dropout, a.shape)
+            a = jnp.where(keep, a / (1.0 - dropout), 0.0)
     return a @ network.layers[-1]["w"] + network.layers[-1]["b"]
 
 

@@ -25,8 +25,27 @@ def momentum(learning_rate) -> optax.GradientTransformation:
 
 OPTIMIZERS: dict[str, Optimizer] = {"sgd": optax.sgd, "momentum": momentum, "adam": optax.adam}
 
+# Schedules over a run of ``total`` steps, as optax schedules with peak 1: the step size at step
+# ``t`` is ``lr * schedule(t)``, so the learning rate stays a traced value.
+SCHEDULES: dict[str, Callable[[int], optax.Schedule] | None] = {
+    "constant": None,
+    "cosine": lambda total: optax.cosine_decay_schedule(1.0, decay_steps=total),
+    "exponential": lambda total: optax.exponential_decay(1.0, transition_steps=total, decay_rate=0.01),
+    "step": lambda total: optax.piecewise_constant_schedule(1.0, {total // 2: 0.1, (3 * total) // 4: 0.1}),
+    "warmup_cosine": lambda total: optax.warmup_cosine_decay_schedule(0.0, 1.0, max(1, total // 20), total),
+}
 
-def make_optimizer(optimizer: str | Optimizer, learning_rate: float | jax.Array) -> optax.GradientTransformation:
-    """The optimizer (a name in ``OPTIMIZERS`` or a factory) with its learning rate in its state."""
+
+def make_optimizer(
+    optimizer: str | Optimizer, learning_rate: float | jax.Array, schedule: str = "constant", total_steps: int = 1
+) -> optax.GradientTransformation:
+    """The optimizer (a name in ``OPTIMIZERS`` or a factory) with its learning rate in its state,
+    its updates scaled by ``SCHEDULES[schedule](total_steps)`` at each step (a schedule's state is
+    the same for any ``total_steps``)."""
     factory = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
-    return optax.inject_hyperparams(lambda learning_rate: factory(learning_rate))(learning_rate=learning_rate)
+    scale = SCHEDULES[schedule]
+    if scale is None:
+        return optax.inject_hyperparams(lambda learning_rate: factory(learning_rate))(learning_rate=learning_rate)
+    unit = scale(max(2, int(total_steps)))
+    return optax.inject_hyperparams(lambda learning_rate: optax.chain(factory(learning_rate), optax.scale_by_schedule(unit)))(
+        learning_rate=learning_rate)

@@ -69,11 +69,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxdigits.config import SweepGrid, TrainConfig, program_key
 from jaxdigits.data import Dataset, load_mnist
 from jaxdigits.errors import ConfigError
-from jaxdigits.model import correct_count
 from jaxdigits.progress import Progress
 from jaxdigits.records import config_id, run_record, run_status, sizes_label
 from jaxdigits.sweep_folder import SweepFolder
-from jaxdigits.training import (chance_level, check_dtype, check_fits, chunked_accuracy, compiled, eval_chunks,
+from jaxdigits.training import (chance_level, check_dtype, check_fits, chunked_accuracy, compiled, count_correct, device_images, eval_chunks,
                                 init_state, jitted, make_guarded_epoch, memory_estimate, run_keys)
 
 MESH_AXIS = "configs"
@@ -232,7 +231,7 @@ def exact_group_epoch(mesh: Mesh, cells: PartitionSpec) -> Callable[[TrainConfig
 
 def group_count(program: TrainConfig) -> Callable:
     """``count(networks, images, labels) -> (S, L)`` correct answers of every member."""
-    return _over_rectangle(correct_count, (True, False, False), (True, False, False))
+    return _over_rectangle(count_correct, (True, False, False), (True, False, False))
 
 
 def init_rectangle(program: TrainConfig, layout: GroupLayout, sizes: tuple[int, int], cells: NamedSharding, rows: NamedSharding):
@@ -268,7 +267,7 @@ class DeviceData(NamedTuple):
 def put_data(data: Dataset, mesh: Mesh, dtype: str = "float32") -> DeviceData:
     """Replicate ``data`` on every device of ``mesh``, images as ``dtype``."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    arrays = [_put(a.astype(dtype) if a.dtype.kind == "f" else a, replicated) for a in data]
+    arrays = [_put(device_images(a, dtype) if a.dtype.kind == "f" else a, replicated) for a in data]
     return DeviceData(arrays[0], arrays[1], eval_chunks(arrays[0], arrays[1]), eval_chunks(arrays[2], arrays[3]),
                       data.inputs, data.num_classes, chance_level(data.train_labels))
 

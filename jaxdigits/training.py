@@ -84,21 +84,22 @@ def init_state(
     activation and its cost's output function) and its optimizer state. ``learning_rate``
     (default ``config.lr``) may be a traced value, so one compiled program can start many rates."""
     sizes = (inputs, *config.hidden, classes)
-    network = init_mlp(init_key, sizes, config.activation, resolve_cost(config.cost).output, jnp.dtype(config.dtype))
+    network = init_mlp(init_key, sizes, config.activation, resolve_cost(config.cost).output, jnp.dtype(config.dtype), config.init)
     rate = config.lr if learning_rate is None else learning_rate
-    return TrainState(network, make_optimizer(config.optimizer, rate).init(network))
+    return TrainState(network, make_optimizer(config.optimizer, rate, config.schedule).init(network))
 
 
-def make_step(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
-    """``step(state, images (B, inputs), labels (B,)) -> (state, cost)``: one gradient-descent step
-    on the config's objective (cost, ``l2``, ``penalty``) with its optimizer. The cost returned
-    is the mini-batch's cost before the update."""
-    objective = make_objective(config.cost, config.l2, config.penalty)
+def make_step(config: TrainConfig, total_steps: int = 1) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``step(state, images (B, inputs), labels (B,), key=None) -> (state, cost)``: one
+    gradient-descent step on the config's objective (cost, ``l2``, ``penalty``, dropout with
+    ``key``) with its optimizer; ``total_steps`` is the run's length for a ``schedule``. The
+    cost returned is the mini-batch's cost before the update."""
+    objective = make_objective(config.cost, config.l2, config.penalty, config.dropout)
     # The rate given here is a placeholder: inject_hyperparams reads it from the state.
-    optimizer = make_optimizer(config.optimizer, config.lr)
+    optimizer = make_optimizer(config.optimizer, config.lr, config.schedule, total_steps)
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, jax.Array]:
-        cost, grads = jax.value_and_grad(objective)(state.params, images, labels)
+    def step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array | None = None) -> tuple[TrainState, jax.Array]:
+        cost, grads = jax.value_and_grad(objective)(state.params, images, labels, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), cost
 
@@ -115,19 +116,66 @@ def batch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array
     return order.reshape(num_batches, batch_size)
 
 
+def as_inputs(images: jax.Array, dtype) -> jax.Array:
+    """Images as the network's floats: uint8 pixels (how the data can sit on the device, a
+    quarter of float32's memory) become ``pixels / 255``, exactly as ``load_mnist`` makes them."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        return images.astype(dtype) / jnp.asarray(255, dtype)
+    return images.astype(dtype)
+
+
+def device_images(images: np.ndarray, dtype: str) -> np.ndarray:
+    """What to put on the device: uint8 when every value is a whole number of 255ths (MNIST is),
+    else ``images`` as ``dtype``. ``as_inputs`` turns either into the same floats."""
+    pixels = np.round(np.asarray(images, np.float64) * 255)
+    if pixels.min() >= 0 and pixels.max() <= 255 and np.array_equal(as_inputs(pixels.astype(np.uint8), dtype), images.astype(dtype)):
+        return pixels.astype(np.uint8)
+    return np.asarray(images, dtype)
+
+
+# Noise keys (augmentation, dropout) come from fold_in(epoch_key, NOISE_STREAM): a stream apart
+# from the shuffle, so a run without noise draws exactly the same batches.
+NOISE_STREAM = 0x6E6F6973
+
+
+def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array) -> jax.Array:
+    """The config's augmentation of ``images (B, side*side)``: a fresh distortion per image."""
+    from jaxdigits import transforms
+
+    affine = (config.rotation, config.scale, config.shear, config.shift)
+    if config.augment == "affine":
+        out = transforms.random_affine(key, images, *affine)
+    else:
+        out = transforms.augment(key, images, *affine, config.elastic_alpha, config.elastic_sigma)
+    return out.astype(images.dtype)
+
+
 def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
     """``epoch(state, key, images (N, inputs), labels (N,)) -> (state, mean mini-batch cost)``.
 
-    One ``lax.scan`` over the shuffled mini-batches; the data stays on the device and each step
-    gathers its batch by index.
+    One ``lax.scan`` over the shuffled mini-batches; the data stays on the device (floats or
+    uint8 pixels) and each step gathers its batch by index, converts it to floats and, with
+    ``augment``, distorts it; with ``dropout`` each step gets its own dropout key.
     """
-    step = make_step(config)
+    noisy = config.augment != "none" or config.dropout > 0
 
     def epoch(state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array):
-        def body(state, batch_indices):
-            return step(state, images[batch_indices], labels[batch_indices])
+        order = batch_order(key, images.shape[0], config.batch_size)
+        step = make_step(config, total_steps=config.epochs * order.shape[0])
+        dtype = jax.tree_util.tree_leaves(state.params)[0].dtype
+        noise = jax.random.fold_in(key, NOISE_STREAM)
 
-        state, costs = jax.lax.scan(body, state, batch_order(key, images.shape[0], config.batch_size))
+        def body(state, inputs):
+            batch_indices, number = inputs if noisy else (inputs, None)
+            x = as_inputs(images[batch_indices], dtype)
+            augment_key = dropout_key = None
+            if noisy:
+                augment_key, dropout_key = jax.random.split(jax.random.fold_in(noise, number))
+            if config.augment != "none":
+                x = augment_batch(config, augment_key, x)
+            return step(state, x, labels[batch_indices], dropout_key if config.dropout else None)
+
+        state, costs = jax.lax.scan(body, state, (order, jnp.arange(order.shape[0])) if noisy else order)
         return state, jnp.mean(costs)
 
     return epoch
@@ -180,7 +228,12 @@ def _jitted(build, program: TrainConfig, jit_options: tuple):
     return jax.jit(build(program), **dict(jit_options))
 
 
-_count_correct = jax.jit(correct_count)
+def count_correct(network: Network, images: jax.Array, labels: jax.Array) -> jax.Array:
+    """``correct_count`` of images stored as floats or uint8 pixels (see ``as_inputs``)."""
+    return correct_count(network, as_inputs(images, network.dtype), labels)
+
+
+_count_correct = jax.jit(count_correct)
 
 
 def eval_chunks(images: jax.Array, labels: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
@@ -198,7 +251,7 @@ def evaluate(network: Network, images: jax.Array, labels: jax.Array) -> float:
     """Accuracy of ``network`` on ``images (N, inputs)``, ``labels (N,)``, counted in chunks."""
     check_images(network, images, "evaluate")
     check_labels(network, images, labels, "evaluate")
-    return float(chunked_accuracy(_count_correct, network, eval_chunks(jnp.asarray(images, network.dtype), jnp.asarray(labels))))
+    return float(chunked_accuracy(_count_correct, network, eval_chunks(jnp.asarray(images), jnp.asarray(labels))))
 
 
 def chance_level(labels: np.ndarray) -> float:
@@ -251,6 +304,8 @@ def check_fits(config: TrainConfig, data: Dataset, members: int = 1) -> None:
     (``memory_estimate``) exceeds what the device has, before anything is allocated."""
     if config.batch_size > len(data.train_images):
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(data.train_images)} training images")
+    if config.augment != "none" and math.isqrt(data.inputs) ** 2 != data.inputs:
+        raise ConfigError(f"augment {config.augment!r} distorts square images; these have {data.inputs} inputs")
     needed, available = memory_estimate(config, data, members), available_memory()
     if available is not None and needed > 0.8 * available:
         what = f"{members} configurations of " if members > 1 else ""
@@ -305,10 +360,9 @@ def train(
 
 
 def _train_loop(config, data, state, history, shuffle_key, folder, data_info, progress) -> TrainResult:
-    dtype = jnp.dtype(config.dtype)
-    train_x, train_y = jnp.asarray(data.train_images, dtype), jnp.asarray(data.train_labels)
-    chunks = {split: eval_chunks(jnp.asarray(x, dtype), jnp.asarray(y)) for split, (x, y) in
-              (("train", (data.train_images, data.train_labels)), ("test", (data.test_images, data.test_labels)))}
+    train_x, train_y = jnp.asarray(device_images(data.train_images, config.dtype)), jnp.asarray(data.train_labels)
+    chunks = {"train": eval_chunks(train_x, train_y),
+              "test": eval_chunks(jnp.asarray(device_images(data.test_images, config.dtype)), jnp.asarray(data.test_labels))}
     alive = jnp.asarray(True)
     epoch_fn = compiled(make_guarded_epoch, config, state, alive, shuffle_key, train_x, train_y)
     with Progress(config.epochs, "epoch", "training", progress, initial=len(history)) as bar:
