@@ -116,21 +116,30 @@ def batch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array
     return order.reshape(num_batches, batch_size)
 
 
+def pixel_values(dtype) -> np.ndarray:
+    """``(256,)``: pixel byte ``u`` as the float ``load_mnist`` makes of it, ``dtype(u) / 255``."""
+    dtype = np.dtype(dtype)
+    return np.arange(256, dtype=np.uint8).astype(dtype) / dtype.type(255)
+
+
 def as_inputs(images: jax.Array, dtype) -> jax.Array:
     """Images as the network's floats: uint8 pixels (how the data can sit on the device, a
-    quarter of float32's memory) become ``pixels / 255``, exactly as ``load_mnist`` makes them."""
+    quarter of float32's memory) become exactly the floats ``load_mnist`` makes of them."""
     if jnp.issubdtype(images.dtype, jnp.integer):
-        return images.astype(dtype) / jnp.asarray(255, dtype)
+        # A table, not a division: XLA divides by multiplying with 1/255, which rounds 126 of
+        # the 256 values differently from numpy's division.
+        return jnp.asarray(pixel_values(dtype))[images]
     return images.astype(dtype)
 
 
 def device_images(images: np.ndarray, dtype: str) -> np.ndarray:
-    """What to put on the device: uint8 when every value is a whole number of 255ths (MNIST is),
+    """What to put on the device: uint8 when every value is a pixel byte's float (MNIST's are),
     else ``images`` as ``dtype``. ``as_inputs`` turns either into the same floats."""
-    pixels = np.round(np.asarray(images, np.float64) * 255)
-    if pixels.min() >= 0 and pixels.max() <= 255 and np.array_equal(as_inputs(pixels.astype(np.uint8), dtype), images.astype(dtype)):
-        return pixels.astype(np.uint8)
-    return np.asarray(images, dtype)
+    images = np.asarray(images)
+    pixels = np.clip(np.rint(images * np.float32(255)), 0, 255).astype(np.uint8)
+    if np.array_equal(pixel_values(dtype)[pixels], images.astype(dtype, copy=False)):
+        return pixels
+    return images.astype(dtype, copy=False)
 
 
 # Noise keys (augmentation, dropout) come from fold_in(epoch_key, NOISE_STREAM): a stream apart
