@@ -243,6 +243,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, route, head: bool = False):
         try:
+            if self.server.model is None:
+                raise BadRequest(503, "the network is still loading")
             status, body, content_type = route()
         except BadRequest as exc:
             status, body, content_type = exc.status, _json({"error": str(exc)}), "application/json"
@@ -335,11 +337,16 @@ class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address, model: Model):
-        self.model = model
+    def __init__(self, address, model: Model | None = None):
         self.files = static_files()
-        self.network_json = _json(model.summary())
+        self.model = self.network_json = None
         super().__init__(address, Handler)
+        if model is not None:
+            self.attach(model)
+
+    def attach(self, model: Model) -> None:
+        """Answer with ``model`` (the server may bind first, so that a taken port fails fast)."""
+        self.model, self.network_json = model, _json(model.summary())
 
     def handle_error(self, request, client_address):
         pass  # a client that disconnects mid-request is not the server's problem; no traceback
@@ -351,7 +358,7 @@ class DigitServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
-def make_server(model: Model, host: str = "127.0.0.1", port: int = 8000) -> DigitServer:
+def make_server(model: Model | None, host: str = "127.0.0.1", port: int = 8000) -> DigitServer:
     """A bound server (port 0: any free port); ``serve_forever()`` runs it. A port already taken
     or a host that cannot be bound is a ``ConfigError`` (exit 2)."""
     if not 0 <= port <= 65535:
@@ -379,8 +386,16 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, data_dir=None, 
               f"{result['median_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "
               f"forward pass alone {result['forward_median_ms']:.2f} ms")
         return 0
-    model = load_model(checkpoint, data_dir)
-    server = make_server(model, host, port)
+    from jaxdigits.checkpoint import resolve_params_path
+
+    resolve_params_path(checkpoint)  # a wrong path is reported before anything else
+    server = make_server(None, host, port)
+    try:
+        model = load_model(checkpoint, data_dir)
+    except BaseException:
+        server.server_close()
+        raise
+    server.attach(model)
     note = "" if model.data is not None else f" ({model.data_note})"
     print(f"serving {'-'.join(map(str, model.network.sizes))} at {server.url}{note}; Ctrl-C stops it", flush=True)
     try:

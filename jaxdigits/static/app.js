@@ -215,12 +215,12 @@ function show(answer) {
   state.shown = values.map(shownNeurons);
 
   // Geometry: one column per layer.
-  const width = 600, height = 560, top = 46, bottom = 24, left = 46, right = 70;
+  const width = 600, height = 700, top = 46, bottom = 24, left = 46, right = 70;
   const columns = net.sizes.length;
   const xs = net.sizes.map((_, l) => left + (l * (width - left - right)) / (columns - 1));
   const most = Math.max(...state.shown.map((s) => s.length));
-  const step = Math.min(34, (height - top - bottom - 20) / most);
-  const radius = Math.max(4, Math.min(12, step * 0.4));
+  const step = Math.min(40, (height - top - bottom - 20) / most);
+  const radius = Math.max(4, Math.min(14, step * 0.38));
   const ys = state.shown.map((shown) => {
     const span = step * (shown.length - 1);
     const start = top + (height - top - bottom - 20 - span) / 2;
@@ -283,7 +283,7 @@ function show(answer) {
     if (shown.length < net.sizes[l]) {
       const more = el("text", { class: "more", x: xs[l], y: ys[l][shown.length - 1] + step + 4 }, svg);
       more.textContent = `+${net.sizes[l] - shown.length} more`;
-      const note = el("text", { class: "more", x: xs[l], y: ys[l][0] - step + 2 }, svg);
+      const note = el("text", { class: "more", x: xs[l], y: ys[l][0] - radius - 8 }, svg);
       note.textContent = "most active";
     }
   }
@@ -336,13 +336,16 @@ function inspect() {
   box.dataset.index = String(j);
   const biggest = Math.max(1e-9, ...w.map(Math.abs));
   if (l === 1 && w.length === 784) {
+    // Colour scale: the 98th percentile of |weight|, so that a few outliers do not darken the rest.
+    const sorted = w.map(Math.abs).sort((a, b) => a - b);
+    const scale = Math.max(1e-9, sorted[Math.floor(0.98 * (sorted.length - 1))]);
     const canvas = document.createElement("canvas");
     canvas.width = canvas.height = 28;
     canvas.className = "weights-image";
     const context = canvas.getContext("2d");
     const image = context.createImageData(28, 28);
     w.forEach((v, i) => {
-      const s = Math.min(1, Math.abs(v) / biggest);
+      const s = Math.min(1, Math.abs(v) / scale);
       const colour = v >= 0 ? [78, 168, 255] : [255, 107, 91];
       image.data.set([...colour.map((c) => Math.round(11 + (c - 11) * s)), 255], 4 * i);
     });
