@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=run_predict)
 
     add_sweep_parser(commands)
+
+    serve = commands.add_parser("serve", help="a local web page: draw a digit and watch the network think",
+                                description="Start a local web server with a page to draw digits on; it shows the "
+                                "28x28 input, every neuron's activation, the outputs and the weights. Ctrl-C stops it.")
+    serve.add_argument("checkpoint", type=Path, help="a run's --out folder or its params.safetensors")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    serve.add_argument("--benchmark", type=_positive("--benchmark"), metavar="N",
+                       help="instead of serving, time N predict requests against a local server and print the latency")
+    add_data_flag(serve)
+    serve.set_defaults(handler=run_serve)
     return parser
 
 
@@ -181,6 +192,12 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"digit {int(digit[0])}")
     print("activations " + " ".join(f"{d}:{float(a):.3f}" for d, a in enumerate(activations[0])))
     return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from jaxdigits.serve import serve
+
+    return serve(args.checkpoint, host=args.host, port=args.port, data_dir=args.data_dir, benchmark=args.benchmark)
 
 
 def add_sweep_parser(commands) -> None:
