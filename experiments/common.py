@@ -9,7 +9,6 @@ study. Scripts use only the public ``jaxdigits`` API.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 import jaxdigits
 from jaxdigits import Dataset, JaxdigitsError
-from jaxdigits.checkpoint import write_json_atomic
+from jaxdigits.files import write_json
 
 EXIT_INTERRUPTED = 130
 
@@ -46,27 +45,7 @@ def load_data(data_dir: str | os.PathLike | None, name: str = "mnist") -> Datase
 
 def subset(data: Dataset, num_train: int | None = None, num_test: int | None = None) -> Dataset:
     """The first ``num_train`` training and ``num_test`` test examples (``None`` keeps all)."""
-    return Dataset(
-        data.train_images[:num_train],
-        data.train_labels[:num_train],
-        data.test_images[:num_test],
-        data.test_labels[:num_test],
-    )
-
-
-def _plain(value: Any) -> Any:
-    """numpy and JAX scalars and arrays as plain Python numbers and lists (for ``json``)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return data.subset(num_train, num_test)
 
 
 def save_json(path: str | os.PathLike, value: Any) -> Path:
@@ -74,8 +53,7 @@ def save_json(path: str | os.PathLike, value: Any) -> Path:
     numpy values become plain numbers and NaN or infinite ones ``null``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, _plain(value))
-    return path
+    return write_json(path, value)
 
 
 def publish(out: Path, results: dict, findings: Callable[[dict], list[str]]) -> dict:
@@ -163,10 +141,11 @@ def load_fashion(args: argparse.Namespace) -> Dataset | None:
     return jaxdigits.load_mnist(folder, "fashion_mnist")
 
 
-def initial_params(config: jaxdigits.TrainConfig) -> list:
-    """The parameters ``jaxdigits.train(config)`` starts from (same seed, same keys)."""
+def initial_params(config: jaxdigits.TrainConfig, data: Dataset) -> jaxdigits.Network:
+    """The network ``jaxdigits.train(config, data)`` starts from (same seed, same keys, the
+    data's input size and class count)."""
     init_key, _ = jaxdigits.run_keys(config.seed)
-    return jaxdigits.init_mlp(init_key, config.sizes)
+    return jaxdigits.init_state(config, init_key, data.inputs, data.num_classes).params
 
 
 def tile_images(images: np.ndarray, cols: int, side: int = 28, gap: int = 1, normalise: bool = True) -> np.ndarray:

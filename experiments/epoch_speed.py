@@ -5,7 +5,11 @@ in its state, cost object, index gather) and, in the same run, a bare reference 
 the textbook way (sigmoid MLP, quadratic cost, ``p - lr * g``, one ``lax.scan``), both at batch
 10 over the real training set, and prints the seconds per epoch of each and their ratio.
 
-    python experiments/epoch_speed.py --data-dir ../shared/mnist [--repeats 5]
+It also times an augmented epoch against an unaugmented one for 784-800-10 at batch 128 (the
+network of the augmentation study), each augmentation drawn per image inside the compiled epoch.
+``train`` keeps the images on the device as uint8 pixels; both jaxdigits epochs here do too.
+
+    python experiments/epoch_speed.py --data-dir path/to/mnist [--repeats 5] [--skip-augment]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxdigits as jd
+from jaxdigits import training
 
 
 def reference_epoch(params, key, images, labels, learning_rate=3.0, batch_size=10):
@@ -59,22 +64,34 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="MNIST IDX folder (else $JAXDIGITS_DATA_DIR)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-augment", action="store_true", help="time only the lesson's epoch")
     args = parser.parse_args(argv)
     try:
         data = jd.load_mnist(args.data_dir)
     except jd.JaxdigitsError as exc:
         print(f"epoch_speed: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    pixels = jax.device_put(training.device_images(data.train_images, "float32"))  # uint8, as train keeps them
     images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
     config = jd.TrainConfig()
-    state = jd.init_state(config, jd.run_keys(0)[0])
-    ours = seconds_per_epoch(jd.make_epoch(config), state, images, labels, args.repeats)
+    state = jd.init_state(config, jd.run_keys(0)[0], data.inputs, data.num_classes)
+    ours = seconds_per_epoch(jd.make_epoch(config), state, pixels, labels, args.repeats)
     plain = seconds_per_epoch(reference_epoch, state.params, images, labels, args.repeats)
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}), {jax.device_count()} device(s)")
-    print(f"jaxdigits epoch:       {ours:.3f} s  (784-16-16-10, batch 10, 6000 steps, median of {args.repeats})")
-    print(f"plain lax.scan epoch:  {plain:.3f} s")
+    print(f"jaxdigits epoch:       {ours:.3f} s  (784-16-16-10, batch 10, 6000 steps, uint8 data, median of {args.repeats})")
+    print(f"plain lax.scan epoch:  {plain:.3f} s  (float32 data)")
     print(f"ratio jaxdigits/plain: {ours / plain:.2f}")
+    if not args.skip_augment:
+        base = jd.TrainConfig(hidden=(800,), activation="relu", init="he", cost="cross_entropy", optimizer="momentum",
+                              lr=0.05, batch_size=128)
+        state = jd.init_state(base, jd.run_keys(0)[0], data.inputs, data.num_classes)
+        times = {augment: seconds_per_epoch(jd.make_epoch(base.replace(augment=augment)), state, pixels, labels, args.repeats)
+                 for augment in ("none", "affine", "elastic")}
+        print(f"784-800-10, batch 128, 468 steps: no augmentation {times['none']:.3f} s, affine {times['affine']:.3f} s, "
+              f"elastic {times['elastic']:.3f} s per epoch")
+        print(f"ratio augmented/unaugmented: affine {times['affine'] / times['none']:.2f}, "
+              f"elastic {times['elastic'] / times['none']:.2f}")
     return 0
 
 

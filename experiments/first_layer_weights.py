@@ -90,7 +90,7 @@ def image_measures(images: np.ndarray) -> dict:
     }
 
 
-def neuron_images(params: list) -> np.ndarray:
+def neuron_images(params: jaxdigits.Network) -> np.ndarray:
     """``(hidden, 784)``: the first layer's incoming weights, one row per hidden neuron."""
     return np.asarray(params[0]["w"]).T
 
@@ -100,7 +100,7 @@ def study_network(label: str, config: TrainConfig, data: jaxdigits.Dataset, seed
     start = time.perf_counter()
     result = jaxdigits.train(config, data)
     trained = neuron_images(result.params)
-    initial = neuron_images(common.initial_params(config))
+    initial = neuron_images(common.initial_params(config, data))
     change = trained - initial
     scrambled = change * np.random.default_rng(seed).choice([-1.0, 1.0], size=change.shape)
     never_inked = np.all(data.train_images == 0, axis=0)
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
     plan = [("lesson", "784-16-16-10 on MNIST (the lesson's)", lesson, mnist)]
     if fashion is not None:
         plan.append(("fashion", "784-16-16-10 on Fashion-MNIST", lesson.replace(dataset="fashion_mnist"), fashion))
-    plan.append(("wide", "784-100-10 on MNIST", lesson.replace(sizes=(784, 100, 10)), mnist))
+    plan.append(("wide", "784-100-10 on MNIST", lesson.replace(hidden=(100,)), mnist))
     networks = []
     for key, label, config, data in plan:
         print(f"{NAME}: training {label} for {config.epochs} epochs")

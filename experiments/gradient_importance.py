@@ -21,6 +21,7 @@ rolling downhill" picture.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -36,14 +37,13 @@ TOP_PIXEL_SHARE = 0.1  # report the gradient energy on the top 10% of pixels
 PATH_STARTS = ((-0.85, 0.8), (0.9, 0.85), (0.75, -0.9), (-0.9, -0.6))
 
 
-def cost_gradient(params: list, images: np.ndarray, labels: np.ndarray, activation: str = "sigmoid") -> list:
-    """The full-batch gradient of the quadratic cost over ``images (N, 784)``, a pytree like ``params``."""
-    return jax.jit(jax.grad(jaxdigits.quadratic_cost), static_argnames="activation")(
-        params, images, labels, activation=activation
-    )
+def cost_gradient(params: jaxdigits.Network, images: np.ndarray, labels: np.ndarray) -> jaxdigits.Network:
+    """The full-batch gradient of the quadratic cost over ``images (N, 784)``, a pytree like ``params``
+    (the network's own activation is used)."""
+    return jax.jit(jax.grad(jaxdigits.quadratic_cost))(params, images, labels)
 
 
-def minibatch_gradient_norms(params: list, images: np.ndarray, labels: np.ndarray, batch_size: int,
+def minibatch_gradient_norms(params: jaxdigits.Network, images: np.ndarray, labels: np.ndarray, batch_size: int,
                              batches: int, seed: int) -> np.ndarray:
     """``(batches,)``: the length of the quadratic cost's gradient on random mini-batches of ``batch_size``."""
     order = np.random.default_rng(seed).permutation(len(images))[: batches * batch_size].reshape(-1, batch_size)
@@ -56,7 +56,7 @@ def minibatch_gradient_norms(params: list, images: np.ndarray, labels: np.ndarra
     return np.asarray(jax.jit(jax.vmap(norm))(jnp.asarray(order)))
 
 
-def layer_table(grads: list) -> list[dict]:
+def layer_table(grads: jaxdigits.Network) -> list[dict]:
     """Per layer and kind (weights, biases): count, share of the squared gradient length, RMS component."""
     total = sum(float(jnp.sum(leaf**2)) for leaf in jax.tree_util.tree_leaves(grads))
     rows = []
@@ -74,12 +74,12 @@ def layer_table(grads: list) -> list[dict]:
     return rows
 
 
-def pixel_map(grads: list) -> np.ndarray:
+def pixel_map(grads: jaxdigits.Network) -> np.ndarray:
     """``(784,)``: the length of the gradient on the first-layer weights leaving each pixel."""
     return np.sqrt((np.asarray(grads[0]["w"], np.float64) ** 2).sum(axis=1))
 
 
-def pixel_stats(grads: list, images: np.ndarray) -> dict:
+def pixel_stats(grads: jaxdigits.Network, images: np.ndarray) -> dict:
     """Which pixels carry the first layer's gradient: zeros, concentration, relation to the ink."""
     g = pixel_map(grads)
     energy = np.sort(g**2)[::-1]
@@ -95,7 +95,7 @@ def pixel_stats(grads: list, images: np.ndarray) -> dict:
     }
 
 
-def gradient_report(params: list, data: jaxdigits.Dataset, seed: int) -> tuple[dict, list]:
+def gradient_report(params: jaxdigits.Network, data: jaxdigits.Dataset, seed: int) -> tuple[dict, jaxdigits.Network]:
     """Everything measured about the gradient at ``params``; also the gradient itself."""
     grads = cost_gradient(params, data.train_images, data.train_labels)
     full_norm = float(np.sqrt(sum(float(jnp.sum(leaf**2)) for leaf in jax.tree_util.tree_leaves(grads))))
@@ -110,7 +110,7 @@ def gradient_report(params: list, data: jaxdigits.Dataset, seed: int) -> tuple[d
     return report, grads
 
 
-def random_directions(params: list, key: jax.Array) -> tuple[list, list]:
+def random_directions(params: jaxdigits.Network, key: jax.Array) -> tuple[jaxdigits.Network, jaxdigits.Network]:
     """Two random directions shaped like ``params``, each neuron's incoming weights scaled to the
     length of that neuron's trained weights; biases get zero direction (Li et al. 2018)."""
 
@@ -121,13 +121,13 @@ def random_directions(params: list, key: jax.Array) -> tuple[list, list]:
             d = jax.random.normal(layer_key, layer["w"].shape)
             d = d * jnp.linalg.norm(layer["w"], axis=0) / jnp.linalg.norm(d, axis=0)
             out.append({"w": d, "b": jnp.zeros_like(layer["b"])})
-        return out
+        return dataclasses.replace(params, layers=out)  # a Network like params, so tree_map pairs them
 
     k1, k2 = jax.random.split(key)
     return direction(k1), direction(k2)
 
 
-def make_slice(params: list, d1: list, d2: list, images: np.ndarray, labels: np.ndarray):
+def make_slice(params: jaxdigits.Network, d1: jaxdigits.Network, d2: jaxdigits.Network, images: np.ndarray, labels: np.ndarray):
     """``f(ab (2,)) -> cost`` at ``params + ab[0] * d1 + ab[1] * d2``."""
     images, labels = jnp.asarray(images), jnp.asarray(labels)
 
@@ -162,7 +162,7 @@ def descent_paths(f, starts: np.ndarray, learning_rate: float, steps: int) -> np
     return np.asarray(jax.jit(jax.vmap(path))(jnp.asarray(starts, jnp.float32)))
 
 
-def landscape(params: list, images: np.ndarray, labels: np.ndarray, extent: float, resolution: int,
+def landscape(params: jaxdigits.Network, images: np.ndarray, labels: np.ndarray, extent: float, resolution: int,
               steps: int, seed: int) -> dict:
     """The 2-D slice, the descent paths on it and their summary numbers."""
     d1, d2 = random_directions(params, jax.random.PRNGKey(seed))
@@ -348,7 +348,7 @@ def findings(results: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = jaxdigits.validate_config(TrainConfig(epochs=common.choose(args.epochs, args.quick, 2, 30), seed=args.seed))
+    config = TrainConfig(epochs=common.choose(args.epochs, args.quick, 2, 30), seed=args.seed)  # checked here
     slice_images = common.choose(args.slice_images, args.quick, 1000, 10000)
     if slice_images < 1:
         raise jaxdigits.ConfigError(f"--slice-images must be at least 1, got {slice_images}")
@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> dict:
         data = common.subset(data, 5000, 2000)
     print(f"{NAME}: training the lesson's network for {config.epochs} epochs")
     result = jaxdigits.train(config, data)
-    params = {"initial": common.initial_params(config), "trained": result.params}
+    params = {"initial": common.initial_params(config, data), "trained": result.params}
     reports, grads = {}, {}
     for stage, p in params.items():
         reports[stage], grads[stage] = gradient_report(p, data, args.seed)

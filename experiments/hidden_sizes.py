@@ -40,7 +40,7 @@ COLUMNS = ("layers", "width", "hidden", "runs", "diverged", "test_accuracy_mean"
 def study_grid(widths: Sequence[int], seeds: int, epochs: int) -> jd.SweepGrid:
     """One and two hidden layers of each width, the lesson's everything else."""
     hidden = [(w,) for w in widths] + [(w, w) for w in widths]
-    return jd.SweepGrid(hidden=hidden, lr=LESSON_RATE, seeds=list(range(seeds)), epochs=epochs)
+    return jd.SweepGrid(hidden=hidden, lr=LESSON_RATE, seed=list(range(seeds)), epochs=epochs)
 
 
 def table(records: Sequence[dict]) -> list[dict]:
@@ -112,7 +112,7 @@ def study(args: argparse.Namespace) -> dict:
     sweep_study.write_csv(args.out / f"{NAME}.csv", rows, COLUMNS)
     best_run = sweep_study.best_record(records)
     best_shape = max(rows, key=lambda r: r["test_accuracy_mean"] or 0.0)
-    epochs, seeds = grid.epochs[0], len(grid.seeds)
+    epochs, seeds = grid.values("epochs")[0], len(grid.values("seed"))
     title = (f"Lesson's setup (sigmoid, quadratic, SGD, batch 10, lr {LESSON_RATE:g}), {epochs} epochs, "
              f"{seeds} seeds, {len(data.train_images)} training images" + (" [quick]" if args.quick else ""))
     plot(records, rows, args.out / f"{NAME}.png", title)

@@ -42,7 +42,7 @@ COLUMNS = ("hidden", "lr", "runs", "diverged", "test_accuracy_mean", "test_accur
 
 
 def study_grid(shapes, rates, seeds: int, epochs: int) -> jd.SweepGrid:
-    return jd.SweepGrid(hidden=list(shapes), lr=list(rates), seeds=list(range(seeds)), epochs=epochs)
+    return jd.SweepGrid(hidden=list(shapes), lr=list(rates), seed=list(range(seeds)), epochs=epochs)
 
 
 def mean_curve(records: Sequence[dict], key: str) -> list[float]:
@@ -59,9 +59,9 @@ def curves_for(records: Sequence[dict], shape: Sequence[int], rows: Sequence[dic
     curves = {}
     for role, rate in zip(("too small", "best", "too large"), rates):
         runs = [r for r in records if tuple(r["hidden"]) == tuple(shape) and r["lr"] == rate]
-        curves[role] = {"lr": rate, "cost": mean_curve(runs, "cost_curve"),
+        curves[role] = {"lr": rate, "cost": mean_curve(runs, "train_cost_curve"),
                         "test_accuracy": mean_curve(runs, "test_accuracy_curve"),
-                        "diverged": sum(r["diverged"] for r in runs)}
+                        "diverged": sum(r["status"] == "diverged" for r in runs)}
     return curves
 
 
@@ -141,7 +141,7 @@ def study(args: argparse.Namespace) -> dict:
         "rows": rows,
         "findings": findings(rows),
         "curves": {"hidden": list(curve_shape), **curves},
-        "diverged_runs": sum(r["diverged"] for r in records),
+        "diverged_runs": sum(r["status"] == "diverged" for r in records),
         "seconds": sum(r["seconds"] for r in records),  # each record holds its share of its group
     }
     common.save_json(args.out / f"{NAME}.json", summary)

@@ -83,10 +83,10 @@ def study_network(key: str, label: str, config: TrainConfig, data: jaxdigits.Dat
     """Train one network and record its outputs on every kind of input."""
     print(f"{NAME}: training {label} for {config.epochs} epochs")
     result = jaxdigits.train(config, data)
-    output = jaxdigits.COSTS[config.cost].output
+    output = result.params.output  # the network carries its output function (its cost's)
     kinds, outputs = {}, {}
     for kind, images in inputs.items():
-        digits, activations = (np.asarray(a) for a in jaxdigits.predict(result.params, images, config.activation, output))
+        digits, activations = (np.asarray(a) for a in jaxdigits.predict(result.params, images))
         top = activations.max(axis=1)
         outputs[kind] = {"digits": digits, "top": top}
         if kind in SINGLE_KINDS:
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
     lesson = TrainConfig(epochs=epochs, seed=args.seed)
     plan = [
         ("lesson", "784-16-16-10, sigmoid outputs (the lesson's)", lesson),
-        ("softmax", "784-16-16-10, softmax outputs", lesson.replace(cost="cross_entropy", learning_rate=0.5)),
+        ("softmax", "784-16-16-10, softmax outputs", lesson.replace(cost="cross_entropy", lr=0.5)),
     ]
     networks = [study_network(key, label, config, mnist, inputs) for key, label, config in plan]
     figures = {"distributions": "noise_confidence.png", "gallery": "noise_gallery.png"}

@@ -60,11 +60,13 @@ def study_setting(key: str, label: str, p: float | None, labels: np.ndarray, dat
     """Train on ``labels`` and summarise the learning curves and what was memorised."""
     print(f"{NAME}: training on {label} for {config.epochs} epochs")
     start = time.perf_counter()
-    result = jaxdigits.train(config, Dataset(data.train_images, labels, data.test_images, data.test_labels))
+    relabelled = Dataset(data.train_images, labels, data.test_images, data.test_labels, name=data.name,
+                         num_classes=data.num_classes)
+    result = jaxdigits.train(config, relabelled)
     history = [h for h in result.history if "train_accuracy" in h]
     test = [h["test_accuracy"] for h in history]
     changed = labels != data.train_labels
-    true_train = np.asarray(jaxdigits.accuracy(result.params, data.train_images, data.train_labels, config.activation))
+    true_train = np.asarray(jaxdigits.accuracy(result.params, data.train_images, data.train_labels))
     summary = {
         "key": key,
         "label": label,
@@ -75,7 +77,7 @@ def study_setting(key: str, label: str, p: float | None, labels: np.ndarray, dat
         "epochs": [h["epoch"] for h in history],
         "train_accuracy": [h["train_accuracy"] for h in history],
         "test_accuracy": test,
-        "cost": [h["cost"] for h in history],
+        "cost": [h["train_cost"] for h in history],
         "final_train_accuracy": history[-1]["train_accuracy"],
         "final_test_accuracy": test[-1],
         "best_test_accuracy": max(test),
@@ -84,7 +86,7 @@ def study_setting(key: str, label: str, p: float | None, labels: np.ndarray, dat
         "epochs_to_fit": {f"{level:g}": first_epoch_reaching(history, level) for level in FIT_LEVELS},
     }
     if 0 < changed.mean() < 1:
-        predicted = np.asarray(jaxdigits.predict(result.params, data.train_images[changed], config.activation)[0])
+        predicted = np.asarray(jaxdigits.predict(result.params, data.train_images[changed])[0])
         summary["corrupted_memorised"] = float(np.mean(predicted == labels[changed]))
         summary["corrupted_true_label_predicted"] = float(np.mean(predicted == data.train_labels[changed]))
     return summary
@@ -123,7 +125,7 @@ def draw(results: dict, path) -> None:
     axes[2].set_title(f"after {results['config']['epochs']} epochs", fontsize=10)
     axes[2].legend(fontsize=8)
     axes[2].grid(alpha=0.3)
-    sizes = "-".join(map(str, results["config"]["sizes"]))
+    sizes = "-".join(map(str, results["sizes"]))
     fig.suptitle(
         f"{sizes} {results['config']['activation']}, {results['config']['cost']}, {results['config']['optimizer']}, "
         f"{results['num_train']} training images: memorising labels",
@@ -142,7 +144,7 @@ def findings(results: dict) -> list[str]:
     by_key = {s["key"]: s for s in results["settings"]}
     true, rand, perm = by_key["p=0"], by_key["p=1"], by_key["permuted"]
     epochs = results["config"]["epochs"]
-    net = "-".join(map(str, results["config"]["sizes"]))
+    net = "-".join(map(str, results["sizes"]))
     lines = [
         f"A {net} network trained on {results['num_train']} MNIST images with random labels reaches "
         f"{100 * rand['final_train_accuracy']:.1f}% training accuracy after {epochs} epochs "
@@ -186,11 +188,14 @@ def run(args: argparse.Namespace) -> dict:
         raise jaxdigits.ConfigError(f"--num-train must be at least 1, got {num_train}")
     data = common.subset(data, num_train, 2000 if args.quick else None)
     hidden = common.choose(args.hidden, args.quick, 256, 512)
-    config = TrainConfig(
-        sizes=(784, hidden, 10), activation="relu", cost="cross_entropy", optimizer="adam",
-        learning_rate=1e-3, batch_size=100, epochs=common.choose(args.epochs, args.quick, 30, 150), seed=args.seed,
+    config = TrainConfig(  # checked here, before anything trains
+        hidden=(hidden,), activation="relu", cost="cross_entropy", optimizer="adam",
+        lr=1e-3, batch_size=100, epochs=common.choose(args.epochs, args.quick, 30, 150), seed=args.seed,
     )
-    jaxdigits.validate_config(config, num_train=len(data.train_images))
+    if config.batch_size > len(data.train_images):
+        raise jaxdigits.ConfigError(
+            f"batch_size {config.batch_size} is larger than the {len(data.train_images)} training images"
+        )
     settings = [
         study_setting(key, label, p, labels, data, config)
         for key, label, p, labels in label_settings(data.train_labels, args.seed)
@@ -202,6 +207,7 @@ def run(args: argparse.Namespace) -> dict:
         "num_train": len(data.train_images),
         "num_test": len(data.test_images),
         "config": config.to_dict(),
+        "sizes": [data.inputs, *config.hidden, data.num_classes],
         "chance": CHANCE,
         "settings": settings,
         "figures": {"curves": figure},

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jaxdigits as jd
-from jaxdigits.sweep import use_cpu_cores
 
 
 def add_sweep_flags(parser: argparse.ArgumentParser, seeds: int, epochs: int) -> None:
@@ -29,7 +28,7 @@ def add_sweep_flags(parser: argparse.ArgumentParser, seeds: int, epochs: int) ->
 
 def start_jax() -> None:
     """Use every CPU core as a device when there is no accelerator (a no-op once JAX has started)."""
-    use_cpu_cores()
+    jd.use_cpu_cores()
 
 
 def run_sweep(grid: jd.SweepGrid, data: jd.Dataset, out: Path, quick: bool) -> list[dict]:

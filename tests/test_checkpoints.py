@@ -21,16 +21,20 @@ import pytest
 
 from jaxdigits import checkpoint, cli
 from jaxdigits.checkpoint import (
-    CHECKPOINT_FILE, PARAMS_FILE, PARAMS_FORMAT, RUN_FILE, TRAINING_FORMAT, RunFolder, describe_data,
-    load_arrays, load_params, params_to_tensors, save_arrays, write_atomic,
+    CHECKPOINT_FILE, PARAMS_FILE, PARAMS_FORMAT, RUN_FILE, TRAINING_FORMAT, RunFolder,
+    load_arrays, load_params, network_spec, params_to_tensors, save_arrays,
 )
-from jaxdigits.config import TrainConfig
+from jaxdigits.config import FIELDS, TrainConfig
 from jaxdigits.errors import CheckpointError
-from jaxdigits.train import init_state, params_to_numpy, run_keys, train
+from jaxdigits.files import write_atomic
+from jaxdigits.training import init_state, params_to_numpy, run_keys, train
 from tests.conftest import synthetic_dataset, write_idx_folder
 
 PACKAGE = Path(checkpoint.__file__).parent
 CONFIG = TrainConfig(epochs=2)
+# A run on your own arrays records the data's name as its dataset.
+RUN_CONFIG = CONFIG.replace(dataset="custom")
+LESSON_NETWORK = {"sizes": [784, 16, 16, 10], "activation": "sigmoid", "output": "sigmoid", "dtype": "float32"}
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +57,25 @@ def temporaries(folder: Path) -> list[str]:
 
 def test_params_round_trip_with_full_metadata(finished):
     out, result, data = finished
-    params, config, info = load_params(out)
-    assert config == CONFIG
+    params, info = load_params(out)
+    assert TrainConfig.from_dict(info["config"]) == RUN_CONFIG == result.config
+    assert info["network"] == LESSON_NETWORK == network_spec(params)
     for saved, trained in zip(params, result.params):
         for key in ("w", "b"):
             assert np.asarray(saved[key]).tobytes() == np.asarray(trained[key]).tobytes()
     run = json.loads((out / RUN_FILE).read_text())
-    for record in (info, run):
-        assert record["data"] == describe_data(data, "mnist")
+    assert info["record"] == run
+    for record in (info["record"], run):
+        assert record["data"] == data.describe()
         assert record["data"]["train_examples"] == 200 and record["data"]["test_examples"] == 50
-        assert record["metrics"]["epochs_completed"] == 2 and record["metrics"]["diverged"] is False
-        assert record["metrics"]["test_accuracy"] == result.history[-1]["test_accuracy"]
+        assert record["epochs_completed"] == 2 and record["status"] != "diverged" and record["diverged_epoch"] is None
+        assert record["test_accuracy"] == result.history[-1]["test_accuracy"]
         environment = record["environment"]
         assert environment["jax"] == jax.__version__ and environment["jaxlib"] == jaxlib.__version__
         assert environment["device_kind"] == jax.devices()[0].device_kind
-    assert run["config"] == CONFIG.to_dict()
+    assert {name: run[name] for name in FIELDS} == RUN_CONFIG.to_dict()
     _, training = load_arrays(out / CHECKPOINT_FILE, TRAINING_FORMAT)
-    assert training["config"] == CONFIG.to_dict() and training["epoch"] == 2
+    assert training["config"] == RUN_CONFIG.to_dict() and training["epoch"] == 2
     assert training["history"] == json.loads((out / "history.json").read_text())
     assert training["environment"]["jax"] == jax.__version__ and training["data"] == run["data"]
 
@@ -101,7 +107,7 @@ def test_every_corrupted_header_byte_and_sampled_data_byte_is_refused(run_dir, n
 
 
 @pytest.mark.parametrize("name", [PARAMS_FILE, CHECKPOINT_FILE])
-def test_truncated_files_are_refused(run_dir, name):
+def test_truncated_files_are_refused(finished, run_dir, name):
     path = run_dir / name
     raw = path.read_bytes()
     header_end = 8 + int.from_bytes(raw[:8], "little")
@@ -111,11 +117,17 @@ def test_truncated_files_are_refused(run_dir, name):
             if name == PARAMS_FILE:
                 load_params(path)
             else:
-                RunFolder(run_dir).load_training(CONFIG, init_state(CONFIG, run_keys(0)[0]))
+                RunFolder(run_dir).load_training(RUN_CONFIG, template(), finished[2].describe())
 
 
-def save_params_file(path: Path, tensors: dict, config: dict, fmt: str = PARAMS_FORMAT) -> Path:
-    save_arrays(path, tensors, fmt, {"config": config})
+def template():
+    """A fresh training state of the finished run's config (784 inputs, 10 classes)."""
+    return init_state(RUN_CONFIG, run_keys(0)[0], 784, 10)
+
+
+def save_params_file(path: Path, tensors: dict, network: dict, fmt: str = PARAMS_FORMAT) -> Path:
+    """Save ``tensors`` as a params file whose header records ``network`` (sizes, activation, ...)."""
+    save_arrays(path, tensors, fmt, {"config": RUN_CONFIG.to_dict(), "network": network})
     return path
 
 
@@ -124,16 +136,18 @@ MISMATCHES = {
     "missing array": (lambda t: {k: v for k, v in t.items() if k != "params.1.b"}, {}, "missing array 'params.1.b'"),
     "extra layer": (lambda t: {**t, "params.3.w": np.zeros((10, 10), np.float32)}, {}, "holds more layers than sizes"),
     "float64": (lambda t: {**t, "params.0.b": t["params.0.b"].astype(np.float64)}, {}, r"is float64\[16\], expected float32\[16\]"),
-    "invalid recorded sizes": (lambda t: t, {"sizes": [784, 16, 16, 9]}, "recorded config is unreadable"),
-    "unknown config key": (lambda t: t, {"momentum": 0.9}, "recorded config is unreadable"),
+    "invalid recorded sizes": (lambda t: t, {"sizes": [784, 16, 0, 10]}, "recorded network is unreadable"),
+    "missing recorded field": (lambda t: t, {"activation": None}, "recorded network is unreadable"),
+    "unknown activation": (lambda t: t, {"activation": "swish"}, "activation 'swish' is not one of"),
 }
 
 
 @pytest.mark.parametrize("case", MISMATCHES)
 def test_arrays_that_do_not_match_the_recorded_network_are_refused(finished, tmp_path, case):
-    change, config_change, message = MISMATCHES[case]
+    change, network_change, message = MISMATCHES[case]
     tensors = change(params_to_tensors(params_to_numpy(finished[1].params)))
-    path = save_params_file(tmp_path / "p.safetensors", tensors, {**CONFIG.to_dict(), **config_change})
+    network = {k: v for k, v in {**LESSON_NETWORK, **network_change}.items() if v is not None}
+    path = save_params_file(tmp_path / "p.safetensors", tensors, network)
     with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: .*{message}"):
         load_params(path)
 
@@ -142,16 +156,16 @@ def test_format_and_version_are_checked(run_dir, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="format 'jaxdigits-training-state', expected 'jaxdigits-params'"):
         load_params(run_dir / CHECKPOINT_FILE)
     params = params_to_tensors(params_to_numpy(load_params(run_dir)[0]))
-    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 2)
-    future = save_params_file(tmp_path / "future.safetensors", params, CONFIG.to_dict())
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 3)
+    future = save_params_file(tmp_path / "future.safetensors", params, LESSON_NETWORK)
     monkeypatch.undo()
-    with pytest.raises(CheckpointError, match="format version '2'; this jaxdigits reads version 1"):
+    with pytest.raises(CheckpointError, match="format version '3'; this jaxdigits reads version 2"):
         load_params(future)
 
 
-def test_a_tampered_resume_checkpoint_is_refused(run_dir):
+def test_a_tampered_resume_checkpoint_is_refused(finished, run_dir):
     tensors, info = load_arrays(run_dir / CHECKPOINT_FILE, TRAINING_FORMAT)
-    template = init_state(CONFIG, run_keys(0)[0])
+    data_info = finished[2].describe()
     folder = RunFolder(run_dir)
     cases = {
         "optimizer state does not match": ({k: v for k, v in tensors.items() if k != "opt_state.0"}, info),
@@ -161,7 +175,7 @@ def test_a_tampered_resume_checkpoint_is_refused(run_dir):
     for message, (changed_tensors, changed_info) in cases.items():
         save_arrays(run_dir / CHECKPOINT_FILE, changed_tensors, TRAINING_FORMAT, changed_info)
         with pytest.raises(CheckpointError, match=message):
-            folder.load_training(CONFIG, template)
+            folder.load_training(RUN_CONFIG, template(), data_info)
 
 
 def test_a_large_file_of_another_kind_is_refused_without_reading_it(tmp_path):
@@ -289,9 +303,9 @@ def _flip(run):
 
 
 def _other_network(run):
-    params = init_state(TrainConfig(sizes=(784, 30, 10)), run_keys(0)[0]).params
+    params = init_state(TrainConfig(hidden=(30,)), run_keys(0)[0], 784, 10).params
     tensors = params_to_tensors(params_to_numpy(params))
-    return save_params_file(run / PARAMS_FILE, tensors, CONFIG.to_dict())
+    return save_params_file(run / PARAMS_FILE, tensors, LESSON_NETWORK)
 
 
 def _pickle(run):

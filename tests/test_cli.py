@@ -13,8 +13,7 @@ import pytest
 import jaxdigits as jd
 from jaxdigits import cli
 
-# The package exports the function ``train``, which shadows the module of the same name.
-train_module = importlib.import_module("jaxdigits.train")
+training_module = importlib.import_module("jaxdigits.training")
 
 
 def test_train_evaluate_predict_end_to_end(mnist_dir, mnist, tmp_path):
@@ -28,18 +27,18 @@ def test_train_evaluate_predict_end_to_end(mnist_dir, mnist, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "epoch   1/1  cost" in done.stdout and "test" in done.stdout
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["sizes"] == [784, 16, 16, 10] and run["config"]["learning_rate"] == 3.0
-    assert run["metrics"]["test_accuracy"] >= 0.9
+    assert run["hidden"] == [16, 16] and run["lr"] == 3.0 and run["data"]["inputs"] == 784 and run["data"]["classes"] == 10
+    assert run["test_accuracy"] >= 0.9 and run["status"] == "ok"
     assert {"jax", "jaxlib", "device_kind"} <= set(run["environment"])
     history = json.loads((out / "history.json").read_text())
-    assert len(history) == 1 and history[0]["test_accuracy"] == run["metrics"]["test_accuracy"]
+    assert len(history) == 1 and history[0]["test_accuracy"] == run["test_accuracy"]
 
     evaluated = subprocess.run(
         [sys.executable, "-m", "jaxdigits", "evaluate", str(out / "params.safetensors"), "--data-dir", str(mnist_dir)],
         capture_output=True, text=True, timeout=300,
     )
     assert evaluated.returncode == 0, evaluated.stderr
-    assert f"test accuracy {100 * run['metrics']['test_accuracy']:.2f}%" in evaluated.stdout
+    assert f"test accuracy {100 * run['test_accuracy']:.2f}%" in evaluated.stdout
 
     # A test digit drawn dark-on-light at 5x size: the CLI reads it as the network does.
     digit = (mnist.test_images[0].reshape(28, 28) * 255).astype(np.uint8)
@@ -48,7 +47,7 @@ def test_train_evaluate_predict_end_to_end(mnist_dir, mnist, tmp_path):
     predicted = subprocess.run([sys.executable, "-m", "jaxdigits", "predict", str(out), str(png)],
                                capture_output=True, text=True, timeout=300)
     assert predicted.returncode == 0, predicted.stderr
-    params, config, _ = jd.load_params(out)
+    params, _ = jd.load_params(out)
     digits, activations = jd.predict(params, jd.load_digit_image(png)[None])
     lines = predicted.stdout.splitlines()
     assert lines[0] == f"digit {int(digits[0])}" and int(digits[0]) == mnist.test_labels[0]
@@ -56,32 +55,43 @@ def test_train_evaluate_predict_end_to_end(mnist_dir, mnist, tmp_path):
     np.testing.assert_allclose(printed, np.asarray(activations[0]), atol=1e-3)
 
 
+def exit_code(args) -> int:
+    """``cli.main``'s exit code, whether it returns it or argparse exits with it."""
+    try:
+        return cli.main(args)
+    except SystemExit as exc:
+        return exc.code
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--lr", "0"], "learning rate must be > 0"),
-        (["--lr", "-1"], "learning rate must be > 0"),
-        (["--lr", "inf"], "learning rate must be > 0 and finite"),
-        (["--batch-size", "0"], "batch size must be at least 1"),
-        (["--batch-size", "201"], "larger than the 200 training images"),
-        (["--sizes", "784,16,9"], "must start at 784"),
-        (["--sizes", "100,16,10"], "must start at 784"),
-        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--lr", "0"], "argument --lr: 0.0 must be > 0"),
+        (["--lr", "-1"], "argument --lr: -1.0 must be > 0"),
+        (["--lr", "inf"], "argument --lr: inf is not a finite number"),
+        (["--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),
+        (["--batch-size", "201"], "batch_size 201 is larger than the 200 training images"),
+        (["--hidden", "16,0"], "argument --hidden: 0 must be >= 1"),
+        (["--hidden", "0,16"], "argument --hidden: 0 must be >= 1"),
+        (["--epochs", "0"], "argument --epochs: 0 must be >= 1"),
     ],
 )
 def test_invalid_flags_exit_2_before_anything_compiles(flags, message, tiny_data_dir, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "compiled_epoch", lambda *args: pytest.fail("compiled despite bad flags"))
-    code = cli.main(["train", "--data-dir", str(tiny_data_dir), *flags])
+    monkeypatch.setattr(training_module, "compiled", lambda *args, **kwargs: pytest.fail("compiled despite bad flags"))
+    code = exit_code(["train", "--data-dir", str(tiny_data_dir), *flags])
     err = capsys.readouterr().err
-    assert code == 2
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
+    # One error line; a value refused while parsing flags also shows argparse's usage lines above it.
+    *usage, error = err.strip("\n").splitlines()
+    assert error.startswith("jaxdigits train: error: ") and message in error
+    assert all(line.startswith(("usage:", " ")) for line in usage)
 
 
 def test_unparseable_flags_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--sizes", "784,x,10"])
+        cli.main(["train", "--hidden", "16,x"])
     assert exit_info.value.code == 2
-    assert "comma-separated list of integers" in capsys.readouterr().err
+    assert "'x' is not a width; give widths like 16,16, or none" in capsys.readouterr().err
 
 
 def test_missing_data_folder_is_one_line(tmp_path, capsys):
@@ -92,12 +102,16 @@ def test_missing_data_folder_is_one_line(tmp_path, capsys):
 
 def test_train_flags_reach_the_config(tiny_data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["train", "--data-dir", str(tiny_data_dir), "--out", str(out), "--sizes", "784,8,10",
+    code = cli.main(["train", "--data-dir", str(tiny_data_dir), "--out", str(out), "--hidden", "8",
                      "--activation", "tanh", "--cost", "cross_entropy", "--optimizer", "adam", "--lr", "0.01",
                      "--batch-size", "20", "--epochs", "2", "--seed", "3", "--l2", "0.001"])
     assert code == 0
-    config = json.loads((out / "run.json").read_text())["config"]
-    assert config == {"sizes": [784, 8, 10], "activation": "tanh", "cost": "cross_entropy", "optimizer": "adam",
-                      "learning_rate": 0.01, "batch_size": 20, "epochs": 2, "seed": 3, "l2": 0.001, "dataset": "mnist"}
+    run = json.loads((out / "run.json").read_text())
+    given = {"hidden": [8], "activation": "tanh", "cost": "cross_entropy", "optimizer": "adam", "lr": 0.01,
+             "batch_size": 20, "epochs": 2, "seed": 3, "l2": 0.001}
+    assert {name: run[name] for name in given} == given
+    # every other field keeps its default (the data's name, mnist, for the dataset)
+    assert {name: run[name] for name in jd.FIELDS} == {**jd.TrainConfig().to_dict(), **given, "dataset": "mnist"}
+    assert jd.load_params(out)[0].sizes == (784, 8, 10)
     out_text = capsys.readouterr().out
-    assert out_text.count("epoch ") == 2 and "done: test accuracy" in out_text
+    assert out_text.count("epoch ") == 2 and "done (ok): test accuracy" in out_text

@@ -220,7 +220,7 @@ def test_random_labels_refuses_bad_flags_before_training(tmp_path, mnist_dir, ca
     code = random_labels.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "0"])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "epochs must be at least 1" in err
+    assert len(err.splitlines()) == 1 and "epochs: 0 must be >= 1" in err
     assert not (tmp_path / "results.json").exists()
 
 

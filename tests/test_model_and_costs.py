@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 import jaxdigits as jd
-from jaxdigits.model import layer_sizes
 
 
 def test_init_mlp_shapes_dtypes_and_scales():
     params = jd.init_mlp(jax.random.PRNGKey(0), (784, 400, 300, 10))
-    assert layer_sizes(params) == (784, 400, 300, 10)
+    assert params.sizes == (784, 400, 300, 10)
     assert [p["w"].shape for p in params] == [(784, 400), (400, 300), (300, 10)]
     assert all(p["w"].dtype == jnp.float32 and p["b"].dtype == jnp.float32 for p in params)
     # Weights N(0, 1/fan_in), biases N(0, 1): check the sample standard deviations.
@@ -31,7 +30,8 @@ def test_forward_is_the_layer_formula_for_each_activation():
         for layer in params[:-1]:
             a = act(a @ np.asarray(layer["w"]) + np.asarray(layer["b"]))
         expected = a @ np.asarray(params[-1]["w"]) + np.asarray(params[-1]["b"])
-        np.testing.assert_allclose(jd.forward(params, x, name), expected, rtol=1e-5, atol=1e-5)
+        network = jd.Network(params.layers, activation=name)
+        np.testing.assert_allclose(jd.forward(network, x), expected, rtol=1e-5, atol=1e-5)
 
 
 def tiny_network():
@@ -42,7 +42,7 @@ def tiny_network():
     w2 = np.zeros((2, 10), np.float32)
     w2[0, 3], w2[1, 7] = 2.0, -1.0
     b2 = np.full(10, -1.0, np.float32)
-    params = [{"w": jnp.asarray(w1), "b": jnp.asarray(b1)}, {"w": jnp.asarray(w2), "b": jnp.asarray(b2)}]
+    params = jd.Network([{"w": jnp.asarray(w1), "b": jnp.asarray(b1)}, {"w": jnp.asarray(w2), "b": jnp.asarray(b2)}])
     images = np.zeros((2, 784), np.float32)
     images[0, 0] = 1.0
     images[1, 1] = 0.5
@@ -84,7 +84,7 @@ def test_predict_gives_digit_and_output_activations():
     z = np.asarray(jd.forward(params, images))
     np.testing.assert_allclose(activations, sigmoid(z), rtol=1e-6)
     np.testing.assert_array_equal(digits, np.argmax(z, axis=1))
-    _, softmax = jd.predict(params, images, output="softmax")
+    _, softmax = jd.predict(jd.Network(params.layers, output="softmax"), images)
     np.testing.assert_allclose(np.sum(softmax, axis=1), 1.0, rtol=1e-6)
     assert jd.COSTS["quadratic"].output == "sigmoid" and jd.COSTS["cross_entropy"].output == "softmax"
 
@@ -102,12 +102,12 @@ def test_gradient_matches_central_finite_differences(cost, activation):
     """jax.grad of each cost against (C(p + h e) - C(p - h e)) / 2h, in float64."""
     with jax.enable_x64(True):
         key = jax.random.PRNGKey(3)
-        params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), jd.init_mlp(key, (784, 4, 3, 10)))
+        params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), jd.init_mlp(key, (784, 4, 3, 10), activation))
         images = jax.random.uniform(jax.random.PRNGKey(4), (5, 784), jnp.float64)
         labels = jnp.array([0, 3, 9, 3, 5])
 
         def f(p):
-            return cost(p, images, labels, activation=activation, l2=0.01)
+            return cost(p, images, labels, l2=0.01)
 
         grads = jax.grad(f)(params)
         assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)

@@ -25,7 +25,7 @@ from jaxdigits import checkpoint, cli
 from jaxdigits.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, PARAMS_FILE, RUN_FILE, RUN_FILES, RunFolder
 from jaxdigits.config import TrainConfig
 from jaxdigits.data import load_idx_folder
-from jaxdigits.train import init_state, params_to_numpy, run_keys, train
+from jaxdigits.training import init_state, params_to_numpy, run_keys, train
 from tests.conftest import synthetic_dataset, write_idx_folder
 
 EPOCHS = 6
@@ -58,7 +58,7 @@ def history(out: Path) -> list[dict]:
 
 def measured(records: list[dict]) -> list[tuple]:
     """What a history says about learning (not how long it took)."""
-    return [(r["epoch"], r["cost"], r.get("train_accuracy"), r.get("test_accuracy")) for r in records]
+    return [(r["epoch"], r["train_cost"], r.get("train_accuracy"), r.get("test_accuracy")) for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def reference(tmp_path_factory, small_dir) -> Path:
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
 def test_library_resume_continues_bit_identically(tmp_path, optimizer):
     data = synthetic_dataset()
-    config = TrainConfig(optimizer=optimizer, learning_rate=0.05 if optimizer == "adam" else 0.5, epochs=5)
+    config = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "adam" else 0.5, epochs=5)
     straight = train(config, data)
     train(config.replace(epochs=2), data, out_dir=tmp_path / "run")
     resumed = train(config, data, out_dir=tmp_path / "run", resume=True)
@@ -194,7 +194,8 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, 
     # what is kept is the complete checkpoint of the last finished epoch, nothing half-written
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_FILE, HISTORY_FILE]
     config = TrainConfig(epochs=SLOW_EPOCHS)
-    state, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0]))
+    state, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0], 784, 10),
+                                                        load_idx_folder(slow_dir).describe())
     assert len(saved_history) == completed and history(out) == saved_history
 
     # the printed command resumes, and the result is the uninterrupted run's, bit for bit
@@ -215,13 +216,14 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, slow_dir):
     assert returncode == 130, stderr
     assert "Traceback" not in stderr and lines(stderr)[-1].startswith("interrupted; epochs 1-")
     config = TrainConfig(epochs=SLOW_EPOCHS)
-    _, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0]))
+    _, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0], 784, 10),
+                                                    load_idx_folder(slow_dir).describe())
     assert 1 <= len(saved_history) < SLOW_EPOCHS
 
 
 def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypatch):
-    config = TrainConfig(epochs=3)
     data = synthetic_dataset()
+    config = TrainConfig(epochs=3, dataset=data.name)  # a run on your own arrays records their name
     first = train(config.replace(epochs=1), data, out_dir=tmp_path / "run")
     second = train(config.replace(epochs=2), data)
     folder = RunFolder(tmp_path / "run")
@@ -234,11 +236,11 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "fsync", ctrl_c_twice)
     with pytest.raises(KeyboardInterrupt):
-        folder.save_training(config, second.state, second.history)
+        folder.save_training(config, second.state, second.history, data.describe())
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # the interrupt came after both files were complete: checkpoint and history agree on epoch 2
-    state, saved = folder.load_training(config, init_state(config, run_keys(0)[0]))
+    state, saved = folder.load_training(config, init_state(config, run_keys(0)[0], 784, 10), data.describe())
     assert len(saved) == 2 and history(tmp_path / "run") == saved
     assert np.asarray(state.params[0]["w"]).tobytes() == np.asarray(second.params[0]["w"]).tobytes()
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
@@ -255,9 +257,10 @@ DIVERGING = TrainConfig(l2=1.0, epochs=8)
 def test_library_reports_divergence_with_the_last_finite_params():
     data = synthetic_dataset()
     result = train(DIVERGING, data)
-    assert result.diverged
+    assert result.diverged and result.status == "diverged"
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
-    assert result.history[-1]["diverged"] and not np.isfinite(result.history[-1]["cost"])
+    assert result.history[-1]["diverged"] and not np.isfinite(result.history[-1]["train_cost"])
+    assert result.record["diverged_epoch"] == 4 and result.record["epochs_completed"] == 3
     three = train(DIVERGING.replace(epochs=3), data)
     assert not three.diverged
     for layer, expected in zip(result.params, three.params):
@@ -271,20 +274,21 @@ def test_divergence_stops_keeps_the_last_finite_epoch_and_exits_3(tmp_path, smal
     assert done.returncode == cli.EXIT_DIVERGED == 3
     assert "Traceback" not in done.stderr
     assert lines(done.stderr)[-1] == (
-        f"diverged at epoch 4; try a smaller --lr (now 3.0); epoch 3's params are saved in {out}"
+        f"diverged at epoch 4; try a smaller --lr (now 3) or --l2 (now 1); epoch 3's params are saved in {out}"
     )
     assert RunFolder(out).completed_epochs() == 3
     assert_same_params(out / PARAMS_FILE, out / CHECKPOINT_FILE)
     assert all(np.isfinite(a).all() for a in load_file(out / PARAMS_FILE).values())
     run = json.loads((out / RUN_FILE).read_text())
-    assert run["metrics"]["diverged"] is True and run["metrics"]["epochs_completed"] == 3
+    assert run["status"] == "diverged" and run["diverged_epoch"] == 4 and run["epochs_completed"] == 3
 
     def refuse(constant):
         raise ValueError(f"history.json is not strict JSON: {constant}")
 
     records = json.loads((out / HISTORY_FILE).read_text(), parse_constant=refuse)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
-    assert records[-1]["diverged"] is True and records[-1]["cost"] in ("nan", "inf", "-inf")
+    # a NaN or infinite cost is written as null (strict JSON has neither)
+    assert records[-1]["diverged"] is True and records[-1]["train_cost"] is None
 
 
 # -- 4. no clobbering, nothing outside --out -------------------------------------------------
@@ -304,14 +308,20 @@ def test_an_out_folder_holding_a_run_is_refused_and_left_untouched(tmp_path, sma
         (): f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it",
         ("--epochs", "2", "--lr", "0.1"): f"{out} already holds a run; pass --resume",
         ("--resume", "--overwrite"): "--resume and --overwrite contradict each other",
-        ("--resume", "--lr", "1"): "--resume with a different config (learning_rate 3.0 (saved) vs 1.0)",
-        ("--resume", "--sizes", "784,30,10"): "--resume with a different config (sizes [784, 16, 16, 10] (saved) vs [784, 30, 10])",
-        ("--resume", "--epochs", "0"): "epochs must be at least 1",
+        ("--resume", "--lr", "1"): "--resume with a different config (lr 3.0 (saved) vs 1.0)",
+        ("--resume", "--hidden", "30"): "--resume with a different config (hidden [16, 16] (saved) vs [30])",
+        ("--resume", "--epochs", "0"): "argument --epochs: 0 must be >= 1",
     }
     for flags, message in refusals.items():
-        assert cli.main([*base, *flags]) == 2, flags
+        try:
+            code = cli.main([*base, *flags])
+        except SystemExit as exc:  # a value refused while parsing flags
+            code = exc.code
+        assert code == 2, flags
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and message in err, err
+        # one error line (argparse shows its usage lines above a flag it refuses)
+        *usage, error = err.strip("\n").splitlines()
+        assert message in error and all(line.startswith(("usage:", " ")) for line in usage), err
         assert snapshot(out) == before
     (out / "notes.txt").write_text("mine")
     assert cli.main([*base, "--epochs", "2", "--overwrite"]) == 0
@@ -331,7 +341,7 @@ def test_resume_refuses_other_data_and_an_empty_folder(tmp_path, small_dir, caps
     assert "has already completed 2 epochs, more than --epochs 1" in capsys.readouterr().err
     assert snapshot(out) == before
     assert cli.main(["train", "--data-dir", str(small_dir), "--out", str(tmp_path / "new"), "--resume"]) == 2
-    assert "no checkpoint to resume from; run without --resume to start" in capsys.readouterr().err
+    assert "no run to resume; run without --resume to start one" in capsys.readouterr().err
     assert cli.main(["train", "--data-dir", str(small_dir), "--out", str(out / HISTORY_FILE)]) == 2
     assert "--out must be a folder, and this is a file" in capsys.readouterr().err
 

@@ -79,7 +79,7 @@ def test_learning_rates_quick_heatmap_table_and_curves(rates_quick):
     curves = summary["curves"]
     assert curves["hidden"] == [16, 16] and [curves[k]["lr"] for k in ("too small", "best", "too large")] == [0.03, 3.0, 100.0]
     good = [r for r in records if r["hidden"] == [16, 16] and r["lr"] == 3.0]
-    np.testing.assert_allclose(curves["best"]["cost"], np.mean([r["cost_curve"] for r in good], axis=0))
+    np.testing.assert_allclose(curves["best"]["cost"], np.mean([r["train_cost_curve"] for r in good], axis=0))
     assert_png(rates_quick / "learning_rates.png")
 
 
