@@ -1,0 +1,144 @@
+"""How good can a plain MLP get? The lesson's network tuned, the best MLP without augmentation, and
+784-800-10 with elastic distortions (Simard et al. 2003), each a resumable sweep.
+
+    python experiments/best_mlp.py --out results/best_mlp --data-dir path/to/mnist [--only NAME ...] [--quick]
+
+Each setting trains into ``OUT/NAME/`` (``jaxdigits.sweep``: run the command again and only what
+is missing trains). Writes ``best_mlp.json`` and ``best_mlp.csv`` (one row per setting: network,
+options, seeds, mean/std/best test accuracy, epochs, wall time, hardware, the command) and
+``best_mlp.png`` (test error against epochs, each setting with and without augmentation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import jaxdigits as jd
+from jaxdigits.files import environment_info
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import sweep_study  # noqa: E402
+
+NAME = "best_mlp"
+NO_AFFINE = {"rotation": 0.0, "scale": 0.0, "shear": 0.0, "shift": 0.0}
+# Each setting is a sweep grid: the config fields of the runs it compares.
+SETTINGS = {
+    "lesson": {
+        "title": "the lesson's 784-16-16-10, tuned",
+        "grid": dict(hidden=[(16, 16)], activation="sigmoid", cost="cross_entropy", optimizer="adam", lr=3e-3,
+                     batch_size=32, schedule="cosine", l2=[0.0, 1e-4], epochs=40, seed=[0, 1, 2]),
+    },
+    "no_augment": {
+        "title": "best MLP without augmentation",
+        "grid": dict(hidden=[(800, 800)], activation="relu", init="he", cost="cross_entropy", optimizer="adam",
+                     lr=1e-3, batch_size=128, schedule="cosine", dropout=0.2, epochs=30, seed=[0, 1, 2]),
+    },
+    "elastic": {
+        "title": "784-800-10, cross-entropy, elastic distortions (Simard 2003)",
+        "grid": dict(hidden=[(800,)], activation="relu", init="he", cost="cross_entropy", optimizer="momentum",
+                     lr=0.05, batch_size=128, schedule="cosine", augment=["none", "elastic"], elastic_alpha=34.0,
+                     elastic_sigma=4.0, epochs=60, seed=[0], **NO_AFFINE),
+    },
+}
+QUICK = {"num_train": 2000, "num_test": 500, "epochs": 2, "seeds": [0], "hidden": {"lesson": [(16, 16)],
+                                                                               "no_augment": [(64, 64)], "elastic": [(64,)]}}
+COLUMNS = ("setting", "network", "augment", "options", "runs", "test_accuracy_mean", "test_accuracy_std",
+           "test_accuracy_max", "epochs", "wall_seconds")
+
+
+def setting_grid(name: str, quick: bool) -> jd.SweepGrid:
+    grid = dict(SETTINGS[name]["grid"])
+    if quick:
+        grid.update(epochs=QUICK["epochs"], seed=QUICK["seeds"], hidden=QUICK["hidden"][name])
+    return jd.SweepGrid(grid)
+
+
+def options_label(record: dict, grid: jd.SweepGrid) -> str:
+    """The settings that differ from the lesson's defaults, as ``name=value`` (hidden aside)."""
+    defaults = jd.TrainConfig().to_dict()
+    skip = {"hidden", "seed", "epochs", "augment", "dataset", "dtype"}
+    return " ".join(f"{k}={record[k]}" for k in jd.FIELDS if k not in skip and record.get(k) != defaults[k])
+
+
+def rows_for(name: str, records: list[dict], grid: jd.SweepGrid) -> list[dict]:
+    """One row per distinct configuration but the seed: mean, spread and best over the seeds."""
+    by = [k for k in jd.FIELDS if k != "seed"]
+    rows = []
+    for row in jd.aggregate(records, by=by):
+        mine = [r for r in records if all(r[k] == row[k] for k in by)]
+        rows.append({
+            "setting": name, "network": sweep_study.shape_label(row["hidden"]), "augment": row["augment"],
+            "options": options_label(mine[0], grid), "runs": row["runs"],
+            "test_accuracy_mean": row["test_accuracy_mean"], "test_accuracy_std": row["test_accuracy_std"],
+            "test_accuracy_max": row["test_accuracy_max"], "epochs": row["epochs"],
+            "wall_seconds": sum(r["seconds"] for r in mine),
+            "error_curve": list(1 - np.mean([r["test_accuracy_curve"] for r in mine], axis=0)),
+        })
+    return rows
+
+
+def plot(rows: Sequence[dict], path: Path, title: str) -> Path:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for row in rows:
+        curve = 100 * np.asarray(row["error_curve"])
+        style = "-" if row["augment"] == "none" else "--"
+        label = f"{row['setting']}: {row['network']}" + (f", {row['augment']}" if row["augment"] != "none" else "")
+        if row["options"].count("l2=") and "l2=0.0" not in row["options"]:
+            label += ", l2"
+        ax.plot(range(1, len(curve) + 1), curve, style, label=f"{label} ({100 - curve[-1]:.2f} %)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error (%, log scale; mean over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return common.save_figure(fig, path)
+
+
+def study(args: argparse.Namespace) -> dict:
+    data = common.load_data(args.data_dir)
+    if args.quick:
+        data = data.subset(QUICK["num_train"], QUICK["num_test"])
+    names = args.only or list(SETTINGS)
+    rows, commands = [], {}
+    for name in names:
+        grid = setting_grid(name, args.quick)
+        folder = args.out / (f"{name}_quick" if args.quick else name)
+        print(f"{name}: {len(grid.configs())} configurations into {folder}", file=sys.stderr)
+        records = jd.sweep(grid, data, out_dir=folder, progress=True).records
+        rows += rows_for(name, records, grid)
+        commands[name] = shlex.join(["python", "experiments/best_mlp.py", "--out", str(args.out), "--only", name]
+                                    + (["--quick"] if args.quick else []))
+    sweep_study.write_csv(args.out / f"{NAME}.csv", rows, COLUMNS)
+    env = environment_info()
+    hardware = f"{env['platform']} ({env['device_kind']}, {platform.machine()}), {env['devices']} devices"
+    plot(rows, args.out / f"{NAME}.png", "Test error of plain MLPs on MNIST" + (" [quick]" if args.quick else ""))
+    summary = {"quick": args.quick, "num_train": len(data.train_images), "num_test": len(data.test_images),
+               "hardware": hardware, "rows": rows, "commands": commands,
+               "settings": {n: setting_grid(n, args.quick).to_dict() for n in names}}
+    common.save_json(args.out / f"{NAME}.json", summary)
+    for row in rows:
+        print(f"{row['setting']:>10}  {row['network']:<14} {row['augment']:<8} {row['runs']} runs: "
+              f"{100 * row['test_accuracy_mean']:.2f} % ± {100 * row['test_accuracy_std']:.2f} "
+              f"(best {100 * row['test_accuracy_max']:.2f} %), {row['epochs']} epochs, {row['wall_seconds'] / 60:.1f} min  {row['options']}")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sweep_study.start_jax()
+    parser = common.make_parser(__doc__.splitlines()[0], prog="best_mlp.py")
+    parser.add_argument("--only", nargs="+", choices=tuple(SETTINGS), help="run only these settings")
+    return common.run_main(study, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
