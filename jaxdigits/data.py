@@ -7,16 +7,18 @@ names the file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import os
 import stat
 import zlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
-from jaxdigits.errors import DataError
+from jaxdigits.errors import DataError, JaxdigitsError
 
 DATA_DIR_ENV = "JAXDIGITS_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist")
@@ -45,6 +47,77 @@ class Dataset(NamedTuple):
     test_labels: np.ndarray
 
 
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_regular_file(
+    path: str | os.PathLike, what: str = "file", error: type[JaxdigitsError] = DataError
+) -> Path:
+    """``path`` as a ``Path`` once it is known to be a regular file that can be opened for reading.
+
+    Only ``stat`` is used, never ``open``: a named pipe, a device such as ``/dev/zero``, a folder,
+    a symlink loop or a dangling symlink is refused before anything could block on it or read
+    without end. ``what`` names the file in the message (``"IDX file"``, ``"checkpoint"``, ...);
+    ``error`` is the ``JaxdigitsError`` subclass raised, with a one-line message naming the path.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise error(_stat_problem(path, what, exc)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+        raise error(f"{path}: not a regular file ({kind}); give the {what} itself")
+    return path
+
+
+def _stat_problem(path: Path, what: str, exc: OSError) -> str:
+    """The one-line message for a failed ``stat`` of ``path``."""
+    if exc.errno == errno.ELOOP:
+        return f"{path}: symlink loop (a link that leads back to itself); give the {what} itself"
+    if exc.errno == errno.ENOENT:
+        with contextlib.suppress(OSError):
+            if os.path.islink(path):
+                return f"{path}: broken symlink to {os.readlink(path)}, which does not exist; give the {what} itself"
+        return f"{path}: no such {what}"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{path}: name too long for a {what}"
+    return f"{path}: cannot read file ({exc.strerror or exc})"
+
+
+def open_regular_file(
+    path: str | os.PathLike, what: str = "file", error: type[JaxdigitsError] = DataError
+) -> BinaryIO:
+    """``path`` opened for binary reading, refused (as ``check_regular_file``) unless a regular file.
+
+    The file is opened without blocking and checked again on the open descriptor, so a file that
+    is swapped for a named pipe between the check and the opening is refused too, not waited on.
+    """
+    path = check_regular_file(path, what, error)
+    try:
+        f = open(path, "rb", opener=_open_without_blocking)
+    except OSError as exc:
+        raise error(_stat_problem(path, what, exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise error(f"{path}: not a regular file (it changed while being opened); give the {what} itself")
+        os.set_blocking(f.fileno(), True)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _open_without_blocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+
+
 def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """Read one unsigned-byte IDX file (optionally gzip-compressed) into a uint8 array.
 
@@ -56,10 +129,8 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"{path}: not a regular file")
-        with open(path, "rb") as raw:
+        with open_regular_file(path, "IDX file") as raw:
+            info = os.fstat(raw.fileno())
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             with gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw as f:
@@ -122,14 +193,22 @@ def _read_at_most(f, limit: int) -> bytearray:
 
 
 def find_idx_file(folder: Path, stem: str) -> Path:
-    """The path of ``stem`` or ``stem.gz`` in ``folder``."""
+    """The path of ``stem`` or ``stem.gz`` in ``folder``: a regular file, preferring ``stem``.
+
+    A name that is there but is no regular file (a named pipe, a device, a folder, a symlink
+    loop) is reported as what it is, not as a missing file.
+    """
     try:
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
+        candidates = [folder / stem, folder / f"{stem}.gz"]
+        for candidate in candidates:
             if candidate.is_file():
                 return candidate
+        present = [candidate for candidate in candidates if os.path.lexists(candidate)]
         os.listdir(folder)  # tells a folder that cannot be read from one that lacks the file
     except OSError as exc:
         raise DataError(f"{folder}: cannot read data folder ({exc.strerror or exc})") from None
+    if present:  # there, but no regular file: a pipe, a device, a folder, a symlink loop, ...
+        return check_regular_file(present[0], "IDX file")
     raise DataError(
         f"{folder}: no {stem}[.gz]; the folder must hold the four MNIST-format IDX files "
         f"({', '.join(IDX_FILES.values())})"
