@@ -178,3 +178,85 @@ def test_cli_evaluate_refuses_dev_zero_as_an_idx_file(run_dir, tmp_path, capsys)
     zero = _dev_zero(folder / TRAIN_IMAGES)
     assert_cli_refuses(["evaluate", str(run_dir), "--data-dir", str(folder)], zero, "a character device", capsys)
 
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+@needs_posix
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_a_special_file_as_a_checkpoint_is_named_for_what_it_is(tmp_path, kind):
+    make, expected = SPECIAL[kind]
+    path = make(tmp_path / PARAMS_FILE)
+    with deadline(5), pytest.raises(CheckpointError) as raised:
+        load_arrays(path, PARAMS_FORMAT)
+    assert expected in assert_one_line_naming(raised.value, path)
+    with deadline(5), pytest.raises(CheckpointError) as raised:  # through the public loader too
+        load_params(path)
+    assert_one_line_naming(raised.value, path)
+
+
+def _tensors(value: float = 0.5) -> dict[str, np.ndarray]:
+    return {"params.0.w": np.full((784, 16), value, np.float32), "params.0.b": np.zeros(16, np.float32)}
+
+
+def test_a_checkpoint_with_a_huge_sparse_tail_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / PARAMS_FILE
+    save_arrays(path, _tensors(), PARAMS_FORMAT, {"note": "valid"})
+    load_arrays(path, PARAMS_FORMAT)  # valid before the tail is added
+    with open(path, "r+b") as f:
+        f.truncate(40 * 2**30)  # 40 GiB, sparse: costs no disk
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        with deadline(10), pytest.raises(CheckpointError) as raised:
+            load_arrays(path, PARAMS_FORMAT)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - start < 2 and peak < 1 << 20
+    assert "bytes after the" in assert_one_line_naming(raised.value, path)
+
+
+def test_a_checkpoint_header_declaring_more_data_than_the_file_holds_is_refused(tmp_path):
+    import json
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2**30], "data_offsets": [0, 2**32]}}).encode()
+    path = tmp_path / PARAMS_FILE
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\x00" * 64)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="header declares 4294967296 data bytes, the file holds 64") as raised:
+            load_arrays(path, PARAMS_FORMAT)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+    assert_one_line_naming(raised.value, path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_under_a_valid_digest_are_refused(tmp_path, bad):
+    path = tmp_path / PARAMS_FILE
+    tensors = _tensors()
+    tensors["params.0.w"][3, 7] = bad
+    save_arrays(path, tensors, PARAMS_FORMAT, {"note": "digest is valid"})
+    with pytest.raises(CheckpointError) as raised:
+        load_arrays(path, PARAMS_FORMAT)
+    message = assert_one_line_naming(raised.value, path)
+    assert message == f"{path}: holds non-finite values in params.0.w; the run diverged or the file was edited"
+    # training state too (optimizer moments), and integer tensors are not checked for finiteness
+    save_arrays(path, {"opt_state.1": np.array([1.0, bad], np.float32), "rng.seed_key": np.arange(2, dtype=np.uint32)},
+                TRAINING_FORMAT, {})
+    with pytest.raises(CheckpointError, match="non-finite values in opt_state.1"):
+        load_arrays(path, TRAINING_FORMAT)
+
+
+def test_cli_predict_refuses_nan_weights(run_dir, tmp_path, capsys):
+    params, config, info = load_params(run_dir)
+    params[0]["w"] = params[0]["w"].at[0, 0].set(np.nan)
+    path = tmp_path / PARAMS_FILE
+    save_params(path, params, config, info)
+    png = tmp_path / "digit.png"
+    png.write_bytes(b"")  # never read: the params are refused first
+    assert_cli_refuses(["predict", str(path), str(png)], path, "holds non-finite values in params.0.w", capsys)
+
