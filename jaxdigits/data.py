@@ -263,13 +263,82 @@ def download_idx_files(urls: dict[str, str], url_infos: dict, download_dir: Path
 
     Uses ``tfds.download.DownloadManager``, which needs no TensorFlow: files land in
     ``download_dir`` under TFDS's own naming, so a later call (or TFDS itself) reuses them.
+    Files that are not cached yet are only asked for once their host answers within
+    ``PROBE_TIMEOUT_S`` seconds (``ConnectionError`` otherwise): offline, TFDS would retry each
+    file for minutes before giving up.
     """
     import tensorflow_datasets as tfds
 
+    missing = [url for url in urls.values() if not _tfds_cached(url, url_infos, download_dir)]
+    if missing:
+        _probe_hosts(missing)
     manager = tfds.download.DownloadManager(
         download_dir=download_dir, url_infos=url_infos, force_checksums_validation=True
     )
     return {key: Path(path) for key, path in manager.download(urls).items()}
+
+
+PROBE_TIMEOUT_S = 5.0  # how long the download host (or proxy) has to accept a connection
+
+
+def _tfds_cached(url: str, url_infos: dict, download_dir: Path) -> bool:
+    """Whether TFDS's cache in ``download_dir`` already holds ``url`` (its file and ``.INFO``)."""
+    try:
+        from tensorflow_datasets.core.download import resource
+
+        info = url_infos.get(url)
+        names = [resource.get_dl_fname(url, info.checksum)] if info is not None else []
+        names.append(resource.get_dl_fname(url))
+        return any(resource.is_locally_cached(download_dir / name) for name in names)
+    except Exception:  # another TFDS layout: assume not cached, which only costs a probe
+        return False
+
+
+def _probe_hosts(urls: list[str], timeout: float | None = None) -> None:
+    """Raise ``ConnectionError`` unless every host (or its proxy) of ``urls`` accepts a connection.
+
+    Each host is tried in a daemon thread, all at once, and waited for at most ``timeout``
+    seconds in all (name resolution included, which a socket timeout does not bound).
+    """
+    import socket
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    proxies = urllib.request.getproxies()
+    targets = {}
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https", "ftp") or not parts.hostname:
+            continue  # a local path or another scheme TFDS copies without a network
+        target = (parts.hostname, parts.port or socket.getservbyname(parts.scheme, "tcp"))
+        proxy = proxies.get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname):
+            proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if proxy_parts.hostname:
+                target = (proxy_parts.hostname, proxy_parts.port or 80)
+        targets[target] = None
+
+    def probe(target):
+        try:
+            socket.create_connection(target, timeout=timeout).close()
+            targets[target] = ""
+        except TimeoutError:
+            targets[target] = None
+        except OSError as exc:
+            targets[target] = exc.strerror or str(exc) or type(exc).__name__
+
+    threads = [threading.Thread(target=probe, args=(target,), daemon=True) for target in targets]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for (host, port), problem in targets.items():
+        if problem != "":
+            raise ConnectionError(f"cannot reach {host}:{port}: {problem or f'no answer within {timeout:g} s'}")
 
 
 def tfds_download_dir() -> Path:
@@ -288,18 +357,76 @@ def tfds_sources(name: str) -> tuple[dict[str, str], dict]:
     return urls, builder.url_infos
 
 
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line, at most 200 characters, without a final full stop."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200].rstrip(".")
+
+
+_OFFLINE_HINT = f"pass --data-dir DIR (or set {DATA_DIR_ENV}) to a folder with the four IDX files"
+
+
 def fetch_with_tfds(name: str) -> dict[str, Path]:
-    """Paths of ``name``'s four IDX files, downloaded and verified through TFDS (or its cache)."""
+    """Paths of ``name``'s four IDX files, downloaded and verified through TFDS (or its cache).
+
+    Fails within seconds when the download host cannot be reached (see ``download_idx_files``)
+    and, on any failure, removes the temporary folders TFDS made in its download folder during
+    this call (and the folders it created, if left empty), so nothing is left behind.
+    tensorflow-datasets is imported only here: without it, a one-line ``DataError`` says to pass
+    ``--data-dir`` or install it.
+    """
+    try:
+        import tensorflow_datasets  # noqa: F401  (only to tell a missing install apart)
+    except Exception as exc:  # ImportError, or a broken installation
+        raise DataError(
+            f"no data folder given and tensorflow-datasets cannot be imported ({_one_line(exc)}); "
+            f"{_OFFLINE_HINT}, or install tensorflow-datasets to download {name}"
+        ) from None
+    download_dir = None
     try:
         urls, url_infos = tfds_sources(name)
-        return download_idx_files(urls, url_infos, tfds_download_dir())
+        download_dir = tfds_download_dir()
+        before = _download_dir_state(download_dir)
+        try:
+            return download_idx_files(urls, url_infos, download_dir)
+        except BaseException:
+            _remove_leftovers(download_dir, before)
+            raise
     except Exception as exc:  # network, checksum or TFDS failures all end the same way
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"could not download {name} through tensorflow-datasets ({reason[:200]}); if this "
-            f"machine is offline, pass --data-dir DIR (or set {DATA_DIR_ENV}) to a folder with "
-            "the four IDX files"
+            f"machine is offline, {_OFFLINE_HINT}"
         ) from None
+
+
+_TFDS_TEMPORARIES = ("*.tmp.*", "*incomplete*")
+
+
+def _download_dir_state(download_dir: Path) -> tuple[set[Path], list[Path]]:
+    """What is there before a download: TFDS temporaries, and the folders that do not exist yet."""
+    temporaries = {path for pattern in _TFDS_TEMPORARIES for path in download_dir.glob(pattern)}
+    absent = [folder for folder in (download_dir / "extracted", download_dir, download_dir.parent) if not folder.exists()]
+    return temporaries, absent
+
+
+def _remove_leftovers(download_dir: Path, before: tuple[set[Path], list[Path]]) -> None:
+    """Remove the TFDS temporaries made since ``before``, then the folders made, if left empty."""
+    import shutil
+
+    temporaries, absent = before
+    for pattern in _TFDS_TEMPORARIES:
+        for path in download_dir.glob(pattern):
+            if path not in temporaries:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+    for folder in absent:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def default_data_dir(name: str = "mnist") -> Path | None:

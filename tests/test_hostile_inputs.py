@@ -260,3 +260,142 @@ def test_cli_predict_refuses_nan_weights(run_dir, tmp_path, capsys):
     png.write_bytes(b"")  # never read: the params are refused first
     assert_cli_refuses(["predict", str(path), str(png)], path, "holds non-finite values in params.0.w", capsys)
 
+
+
+# --- the TFDS download path, offline or without tensorflow-datasets -------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a loopback port with nothing listening: refused at once
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sources(base_url: str, folder: Path, corrupt: frozenset = frozenset()):
+    from tensorflow_datasets.core.download import checksums
+
+    urls = {key: f"{base_url}{stem}.gz" for key, stem in IDX_FILES.items()}
+    infos = {}
+    for key, url in urls.items():
+        info = checksums.compute_url_info(folder / f"{IDX_FILES[key]}.gz")
+        checksum = "0" * 64 if key in corrupt else info.checksum
+        infos[url] = checksums.UrlInfo(size=info.size, checksum=checksum, filename=info.filename)
+    return urls, infos
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serving(folder: Path, port: int = 0):
+    """A loopback HTTP server of ``folder``, as the MNIST mirror would serve it; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def no_data_dir(tmp_path, monkeypatch) -> Path:
+    """No --data-dir and no $JAXDIGITS_DATA_DIR; TFDS's cache in a fresh folder (returned)."""
+    monkeypatch.delenv("JAXDIGITS_DATA_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    return tmp_path / "tfds" / "downloads"
+
+
+def _left_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_offline_without_a_data_folder_fails_fast_and_leaves_nothing(tmp_path, no_data_dir, monkeypatch):
+    mirror = write_idx_folder(tmp_path / "mirror", synthetic_dataset(20, 10))
+    sources = _sources(f"http://127.0.0.1:{_closed_port()}/", mirror)
+    monkeypatch.setattr(data_module, "tfds_sources", lambda name: sources)
+    start = time.monotonic()
+    with deadline(20), pytest.raises(DataError) as raised:
+        jd.load_mnist(None)
+    assert time.monotonic() - start < 15
+    message = str(raised.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert "cannot reach 127.0.0.1:" in message
+    assert "pass --data-dir DIR (or set JAXDIGITS_DATA_DIR)" in message
+    assert _left_in(no_data_dir.parent) == []
+
+
+def test_a_download_host_that_never_answers_is_given_up_on_quickly(tmp_path, no_data_dir, monkeypatch):
+    mirror = write_idx_folder(tmp_path / "mirror", synthetic_dataset(20, 10))
+    with socket.socket() as silent:  # listens, but with its one-connection queue full: never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler = socket.create_connection(silent.getsockname(), timeout=1)
+        sources = _sources(f"http://127.0.0.1:{silent.getsockname()[1]}/", mirror)
+        monkeypatch.setattr(data_module, "tfds_sources", lambda name: sources)
+        monkeypatch.setattr(data_module, "PROBE_TIMEOUT_S", 0.5)
+        start = time.monotonic()
+        with deadline(10), pytest.raises(DataError, match=r"cannot reach 127\.0\.0\.1:\d+: no answer within 0\.5 s.*--data-dir"):
+            jd.load_mnist(None)
+        filler.close()
+    assert time.monotonic() - start < 5
+    assert _left_in(no_data_dir.parent) == []
+
+
+@pytest.mark.parametrize("failure", ["checksum mismatch", "missing file"])
+def test_a_failed_download_removes_only_its_own_temporaries(tmp_path, no_data_dir, monkeypatch, failure):
+    mirror = write_idx_folder(tmp_path / "mirror", synthetic_dataset(20, 10))
+    corrupt = frozenset({"train_labels"}) if failure == "checksum mismatch" else frozenset()
+    theirs = no_data_dir / "another-download.tmp.0123abcd"  # another process's, in flight
+    theirs.mkdir(parents=True)
+    with serving(mirror) as base_url:
+        sources = _sources(base_url, mirror, corrupt)
+        if failure == "missing file":
+            (mirror / f"{IDX_FILES['test_labels']}.gz").unlink()
+        monkeypatch.setattr(data_module, "tfds_sources", lambda name: sources)
+        with deadline(60), pytest.raises(DataError, match="could not download mnist.*--data-dir") as raised:
+            jd.load_mnist(None)
+    assert "\n" not in str(raised.value)
+    leftovers = [name for name in _left_in(no_data_dir) if ".tmp." in name or "incomplete" in name]
+    assert leftovers == [theirs.name]
+
+
+def test_a_cached_download_loads_offline(tmp_path, no_data_dir, monkeypatch):
+    mirror = write_idx_folder(tmp_path / "mirror", synthetic_dataset(20, 10))
+    with serving(mirror) as base_url:
+        sources = _sources(base_url, mirror)
+        monkeypatch.setattr(data_module, "tfds_sources", lambda name: sources)
+        first = jd.load_mnist(None)
+    # the mirror is gone (its port closed): the files come from TFDS's cache, no probe needed
+    with deadline(10):
+        second = jd.load_mnist(None)
+    np.testing.assert_array_equal(first.train_images, second.train_images)
+
+
+def test_without_tensorflow_datasets_the_message_says_what_to_do(tiny_data_dir, no_data_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    with pytest.raises(DataError) as raised:
+        jd.load_mnist(None)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "pass --data-dir DIR (or set JAXDIGITS_DATA_DIR)" in message and "install tensorflow-datasets" in message
+    assert len(jd.load_mnist(tiny_data_dir).train_labels) == 200  # folders need no TFDS
+
+
+def test_the_package_imports_and_reports_cleanly_without_tensorflow_datasets(tmp_path):
+    script = (
+        "import sys; sys.modules['tensorflow_datasets'] = None\n"
+        "from jaxdigits import cli\n"
+        "sys.exit(cli.main(['evaluate', sys.argv[1]]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAXDIGITS_DATA_DIR"}
+    run = tmp_path / "run"
+    run.mkdir()
+    done = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True, timeout=120, env=env)
+    # evaluate fails on the missing run first: the point is that every module imported
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
