@@ -259,7 +259,7 @@ def load_idx_folder(folder: str | os.PathLike) -> Dataset:
 
 
 def download_idx_files(urls: dict[str, str], url_infos: dict, download_dir: Path) -> dict[str, Path]:
-    """Download (or reuse from TFDS's cache) and checksum-verify the IDX files at ``urls``.
+    """Download (or reuse from TFDS's cache) and checksum-verify the IDX files at ``urls``, in turn.
 
     Uses ``tfds.download.DownloadManager``, which needs no TensorFlow: files land in
     ``download_dir`` under TFDS's own naming, so a later call (or TFDS itself) reuses them.
@@ -275,7 +275,10 @@ def download_idx_files(urls: dict[str, str], url_infos: dict, download_dir: Path
     manager = tfds.download.DownloadManager(
         download_dir=download_dir, url_infos=url_infos, force_checksums_validation=True
     )
-    return {key: Path(path) for key, path in manager.download(urls).items()}
+    # One file at a time: given all at once, TFDS raises at the first failure while the other
+    # downloads carry on in its threads, writing into temporaries that are being cleaned up and,
+    # once their host is gone, retrying for minutes while the interpreter waits for them to exit.
+    return {key: Path(manager.download(url)) for key, url in urls.items()}
 
 
 PROBE_TIMEOUT_S = 5.0  # how long the download host (or proxy) has to accept a connection
@@ -382,7 +385,6 @@ def fetch_with_tfds(name: str) -> dict[str, Path]:
             f"no data folder given and tensorflow-datasets cannot be imported ({_one_line(exc)}); "
             f"{_OFFLINE_HINT}, or install tensorflow-datasets to download {name}"
         ) from None
-    download_dir = None
     try:
         urls, url_infos = tfds_sources(name)
         download_dir = tfds_download_dir()

@@ -284,14 +284,28 @@ def _sources(base_url: str, folder: Path, corrupt: frozenset = frozenset()):
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging, and notes each path asked for in ``requested``."""
+
+    def __init__(self, *args, requested: list, **kwargs):
+        self.requested = requested
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self):
+        self.requested.append(self.path.lstrip("/"))
+        super().do_GET()
+
     def log_message(self, *args):
         pass
 
 
 @contextlib.contextmanager
-def serving(folder: Path, port: int = 0):
-    """A loopback HTTP server of ``folder``, as the MNIST mirror would serve it; yields its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_QuietHandler, directory=str(folder)))
+def serving(folder: Path, requested: list | None = None):
+    """A loopback HTTP server of ``folder``, as the MNIST mirror would serve it; yields its base URL.
+
+    The names of the files asked for are appended to ``requested``.
+    """
+    handler = functools.partial(_QuietHandler, directory=str(folder), requested=[] if requested is None else requested)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -351,7 +365,8 @@ def test_a_failed_download_removes_only_its_own_temporaries(tmp_path, no_data_di
     corrupt = frozenset({"train_labels"}) if failure == "checksum mismatch" else frozenset()
     theirs = no_data_dir / "another-download.tmp.0123abcd"  # another process's, in flight
     theirs.mkdir(parents=True)
-    with serving(mirror) as base_url:
+    requested = []
+    with serving(mirror, requested) as base_url:
         sources = _sources(base_url, mirror, corrupt)
         if failure == "missing file":
             (mirror / f"{IDX_FILES['test_labels']}.gz").unlink()
@@ -361,6 +376,11 @@ def test_a_failed_download_removes_only_its_own_temporaries(tmp_path, no_data_di
     assert "\n" not in str(raised.value)
     leftovers = [name for name in _left_in(no_data_dir) if ".tmp." in name or "incomplete" in name]
     assert leftovers == [theirs.name]
+    # one file at a time, nothing asked for after the failure: no download is left running (and
+    # retrying for minutes against the mirror that is now gone)
+    failing = "train_labels" if corrupt else "test_labels"
+    keys = list(IDX_FILES)
+    assert requested == [f"{IDX_FILES[key]}.gz" for key in keys[: keys.index(failing) + 1]]
 
 
 def test_a_cached_download_loads_offline(tmp_path, no_data_dir, monkeypatch):
