@@ -13,7 +13,7 @@ record per run), ``checkpoint``, ``sweep_folder``, ``files``, ``cli``.
 from jaxdigits.checkpoint import load_params, save_params
 from jaxdigits.config import FIELDS, SweepGrid, TrainConfig, load_grid, program_key
 from jaxdigits.costs import COSTS, Cost, CrossEntropyCost, QuadraticCost, cross_entropy_cost, l2_penalty, make_objective, quadratic_cost
-from jaxdigits.data import Dataset, load_digit_image, load_mnist, read_idx
+from jaxdigits.data import Dataset, frame_digit, load_digit_image, load_mnist, read_idx
 from jaxdigits.errors import CheckpointError, ConfigError, DataError, InputError, JaxdigitsError, RunFolderError
 from jaxdigits.model import LESSON_SIZES, Network, accuracy, forward, init_mlp, layer_activations, predict
 from jaxdigits.optimizers import OPTIMIZERS, make_optimizer
@@ -28,7 +28,7 @@ __all__ = [
     "InputError", "JaxdigitsError", "LESSON_SIZES", "Network", "OPTIMIZERS", "QuadraticCost", "ResultsWarning",
     "RunFolderError", "StalledWarning", "SweepGrid", "SweepResult", "TrainConfig", "TrainResult", "TrainState",
     "accuracy", "aggregate", "batch_order", "cross_entropy_cost", "evaluate", "format_table", "forward",
-    "init_mlp", "init_state", "l2_penalty", "layer_activations", "load_digit_image", "load_grid",
+    "frame_digit", "init_mlp", "init_state", "l2_penalty", "layer_activations", "load_digit_image", "load_grid",
     "load_mnist", "load_params", "make_epoch", "make_guarded_epoch", "make_objective", "make_optimizer",
     "make_step", "predict", "program_key", "quadratic_cost", "read_idx", "read_results", "run_keys", "run_record",
     "run_status", "save_params", "sweep", "train", "use_cpu_cores",

@@ -29,7 +29,8 @@ import numpy as np
 
 from jaxdigits.config import TrainConfig
 from jaxdigits.errors import CheckpointError, ConfigError, InputError, RunFolderError
-from jaxdigits.files import RUN_MARKERS, claim_folder, environment_info, interrupts_deferred, json_safe, write_atomic, write_json
+from jaxdigits.files import (RUN_MARKERS, check_regular_file, claim_folder, environment_info, interrupts_deferred, json_safe,
+                             open_regular_file, write_atomic, write_json)
 from jaxdigits.model import Network
 
 FORMAT_VERSION = 2
@@ -60,22 +61,17 @@ def save_arrays(path: str | os.PathLike, tensors: dict[str, Any], fmt: str, info
 
 
 def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a file written by ``save_arrays``, checking its format, version and digest."""
+    """Read a file written by ``save_arrays``, checking its format, version, digest and values.
+
+    Only the 8-byte header length, the header and the tensor bytes the header declares are read
+    (see ``_read_safetensors``), so a file that is much larger than it claims costs nothing; a
+    file with bytes after the declared data is refused, as is one whose float tensors hold NaN
+    or infinity (even under a valid digest: such weights come from a diverged or edited run).
+    """
     from safetensors.numpy import load
 
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            # A header longer than the file means this is no safetensors file (or a truncated
-            # one): refuse it before reading what may be gigabytes of something else.
-            header_len = int.from_bytes(f.read(8), "little")
-            if header_len > os.fstat(f.fileno()).st_size - 8:
-                raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupted (header "
-                                      "runs past the end of the file)")
-            f.seek(0)
-            raw = f.read()
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    raw, header_len = _read_safetensors(path)
     try:
         tensors = load(raw)
         header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
@@ -90,6 +86,12 @@ def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray
     info_text = header.get("info")
     if not isinstance(info_text, str) or header.get("sha256") != _digest(tensors, info_text):
         raise CheckpointError(f"{path}: checksum mismatch, the file is corrupted")
+    for name in sorted(tensors):
+        array = tensors[name]
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            raise CheckpointError(
+                f"{path}: holds non-finite values in {name}; the run diverged or the file was edited"
+            )
     try:
         info = json.loads(info_text)
     except json.JSONDecodeError:
@@ -97,6 +99,64 @@ def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: header has no readable info")
     return tensors, info
+
+
+def _read_safetensors(path: Path) -> tuple[bytes, int]:
+    """``(raw, header_len)``: the bytes of the safetensors file at ``path`` that its header declares.
+
+    The file must be a regular file (a named pipe or a device is refused, never opened); the
+    8-byte length, the header and then exactly the data bytes the header declares (its tensors'
+    largest ``data_offsets`` end) are read, nothing more. A file that holds fewer bytes than that
+    is truncated; one that holds more has a tail that is no part of any tensor (a failed write
+    or another file appended) and is refused without reading it.
+    """
+    max_header_bytes = 100_000_000  # safetensors itself refuses larger headers
+
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupted ({problem})")
+
+    try:
+        with open_regular_file(path, "checkpoint", CheckpointError) as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            header_len = int.from_bytes(prefix, "little")
+            # A header longer than the file means this is no safetensors file (or a truncated
+            # one): refuse it before reading what may be gigabytes of something else.
+            if len(prefix) < 8 or header_len > size - 8:
+                raise refuse("header runs past the end of the file")
+            if header_len > max_header_bytes:
+                raise refuse(f"header of {header_len} bytes, more than any checkpoint needs")
+            header_bytes = f.read(header_len)
+            try:
+                header = json.loads(header_bytes)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise refuse(f"header is not JSON: {exc}") from None
+            if not isinstance(header, dict):
+                raise refuse("header is not a JSON object")
+            data_len = 0
+            for name, entry in header.items():
+                if name == "__metadata__":
+                    continue
+                offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+                if not (
+                    isinstance(offsets, list) and len(offsets) == 2
+                    and all(type(o) is int and o >= 0 for o in offsets) and offsets[0] <= offsets[1]
+                ):
+                    raise refuse(f"tensor {name[:80]!r} has no valid data_offsets")
+                data_len = max(data_len, offsets[1])
+            held = size - 8 - header_len
+            if data_len > held:
+                raise refuse(f"header declares {data_len} data bytes, the file holds {held}")
+            if data_len < held:
+                raise refuse(f"{held - data_len} bytes after the {data_len} data bytes its header declares")
+            data = f.read(data_len)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: too large to load into memory; is this a jaxdigits checkpoint?") from None
+    if len(data) < data_len:  # the file shrank while being read
+        raise refuse("the file ends early")
+    return prefix + header_bytes + data, header_len
 
 
 def network_spec(network: Network) -> dict[str, Any]:
@@ -160,9 +220,7 @@ def resolve_params_path(path: str | os.PathLike) -> Path:
                 f"complete it with `jaxdigits train --out {path} --resume`"
             )
         path = path / PARAMS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such params file; give a run's --out folder or its {PARAMS_FILE}")
-    return path
+    return check_regular_file(path, f"params file (a run's --out folder or its {PARAMS_FILE})", CheckpointError)
 
 
 def load_params(path: str | os.PathLike) -> tuple[Network, dict[str, Any]]:

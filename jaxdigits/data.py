@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import stat
 import warnings
 import zlib
 from pathlib import Path
+
 import numpy as np
 
 from jaxdigits.errors import DataError
+from jaxdigits.files import check_regular_file, open_regular_file
 
 DATA_DIR_ENV = "JAXDIGITS_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist")
@@ -121,10 +122,8 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"{path}: not a regular file")
-        with open(path, "rb") as raw:
+        with open_regular_file(path, "IDX file", DataError) as raw:
+            info = os.fstat(raw.fileno())
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             with gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw as f:
@@ -187,14 +186,22 @@ def _read_at_most(f, limit: int) -> bytearray:
 
 
 def find_idx_file(folder: Path, stem: str) -> Path:
-    """The path of ``stem`` or ``stem.gz`` in ``folder``."""
+    """The path of ``stem`` or ``stem.gz`` in ``folder``: a regular file, preferring ``stem``.
+
+    A name that is there but is no regular file (a named pipe, a device, a folder, a symlink
+    loop) is reported as what it is, not as a missing file.
+    """
     try:
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
+        candidates = [folder / stem, folder / f"{stem}.gz"]
+        for candidate in candidates:
             if candidate.is_file():
                 return candidate
+        present = [candidate for candidate in candidates if os.path.lexists(candidate)]
         os.listdir(folder)  # tells a folder that cannot be read from one that lacks the file
     except OSError as exc:
         raise DataError(f"{folder}: cannot read data folder ({exc.strerror or exc})") from None
+    if present:  # there, but no regular file: a pipe, a device, a folder, a symlink loop, ...
+        return check_regular_file(present[0], "IDX file", DataError)
     raise DataError(
         f"{folder}: no {stem}[.gz]; the folder must hold the four MNIST-format IDX files "
         f"({', '.join(IDX_FILES.values())})"
@@ -272,17 +279,89 @@ def load_idx_folder(folder: str | os.PathLike, name: str = "mnist") -> Dataset:
 
 
 def download_idx_files(urls: dict[str, str], url_infos: dict, download_dir: Path) -> dict[str, Path]:
-    """Download (or reuse from TFDS's cache) and checksum-verify the IDX files at ``urls``.
+    """Download (or reuse from TFDS's cache) and checksum-verify the IDX files at ``urls``, in turn.
 
     Uses ``tfds.download.DownloadManager``, which needs no TensorFlow: files land in
     ``download_dir`` under TFDS's own naming, so a later call (or TFDS itself) reuses them.
+    Files that are not cached yet are only asked for once their host answers within
+    ``PROBE_TIMEOUT_S`` seconds (``ConnectionError`` otherwise): offline, TFDS would retry each
+    file for minutes before giving up.
     """
     import tensorflow_datasets as tfds
 
+    missing = [url for url in urls.values() if not _tfds_cached(url, url_infos, download_dir)]
+    if missing:
+        _probe_hosts(missing)
     manager = tfds.download.DownloadManager(
         download_dir=download_dir, url_infos=url_infos, force_checksums_validation=True
     )
-    return {key: Path(path) for key, path in manager.download(urls).items()}
+    # One file at a time: given all at once, TFDS raises at the first failure while the other
+    # downloads carry on in its threads, writing into temporaries that are being cleaned up and,
+    # once their host is gone, retrying for minutes while the interpreter waits for them to exit.
+    return {key: Path(manager.download(url)) for key, url in urls.items()}
+
+
+PROBE_TIMEOUT_S = 5.0  # how long the download host (or proxy) has to accept a connection
+
+
+def _tfds_cached(url: str, url_infos: dict, download_dir: Path) -> bool:
+    """Whether TFDS's cache in ``download_dir`` already holds ``url`` (its file and ``.INFO``)."""
+    try:
+        from tensorflow_datasets.core.download import resource
+
+        info = url_infos.get(url)
+        names = [resource.get_dl_fname(url, info.checksum)] if info is not None else []
+        names.append(resource.get_dl_fname(url))
+        return any(resource.is_locally_cached(download_dir / name) for name in names)
+    except Exception:  # another TFDS layout: assume not cached, which only costs a probe
+        return False
+
+
+def _probe_hosts(urls: list[str], timeout: float | None = None) -> None:
+    """Raise ``ConnectionError`` unless every host (or its proxy) of ``urls`` accepts a connection.
+
+    Each host is tried in a daemon thread, all at once, and waited for at most ``timeout``
+    seconds in all (name resolution included, which a socket timeout does not bound).
+    """
+    import socket
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    proxies = urllib.request.getproxies()
+    targets = {}
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https", "ftp") or not parts.hostname:
+            continue  # a local path or another scheme TFDS copies without a network
+        target = (parts.hostname, parts.port or socket.getservbyname(parts.scheme, "tcp"))
+        proxy = proxies.get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(parts.hostname):
+            proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if proxy_parts.hostname:
+                target = (proxy_parts.hostname, proxy_parts.port or 80)
+        targets[target] = None
+
+    def probe(target):
+        try:
+            socket.create_connection(target, timeout=timeout).close()
+            targets[target] = ""
+        except TimeoutError:
+            targets[target] = None
+        except OSError as exc:
+            targets[target] = exc.strerror or str(exc) or type(exc).__name__
+
+    threads = [threading.Thread(target=probe, args=(target,), daemon=True) for target in targets]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for (host, port), problem in targets.items():
+        if problem != "":
+            raise ConnectionError(f"cannot reach {host}:{port}: {problem or f'no answer within {timeout:g} s'}")
 
 
 def tfds_download_dir() -> Path:
@@ -301,18 +380,75 @@ def tfds_sources(name: str) -> tuple[dict[str, str], dict]:
     return urls, builder.url_infos
 
 
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line, at most 200 characters, without a final full stop."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200].rstrip(".")
+
+
+_OFFLINE_HINT = f"pass --data-dir DIR (or set {DATA_DIR_ENV}) to a folder with the four IDX files"
+
+
 def fetch_with_tfds(name: str) -> dict[str, Path]:
-    """Paths of ``name``'s four IDX files, downloaded and verified through TFDS (or its cache)."""
+    """Paths of ``name``'s four IDX files, downloaded and verified through TFDS (or its cache).
+
+    Fails within seconds when the download host cannot be reached (see ``download_idx_files``)
+    and, on any failure, removes the temporary folders TFDS made in its download folder during
+    this call (and the folders it created, if left empty), so nothing is left behind.
+    tensorflow-datasets is imported only here: without it, a one-line ``DataError`` says to pass
+    ``--data-dir`` or install it.
+    """
+    try:
+        import tensorflow_datasets  # noqa: F401  (only to tell a missing install apart)
+    except Exception as exc:  # ImportError, or a broken installation
+        raise DataError(
+            f"no data folder given and tensorflow-datasets cannot be imported ({_one_line(exc)}); "
+            f"{_OFFLINE_HINT}, or install tensorflow-datasets to download {name}"
+        ) from None
     try:
         urls, url_infos = tfds_sources(name)
-        return download_idx_files(urls, url_infos, tfds_download_dir())
+        download_dir = tfds_download_dir()
+        before = _download_dir_state(download_dir)
+        try:
+            return download_idx_files(urls, url_infos, download_dir)
+        except BaseException:
+            _remove_leftovers(download_dir, before)
+            raise
     except Exception as exc:  # network, checksum or TFDS failures all end the same way
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"could not download {name} through tensorflow-datasets ({reason[:200]}); if this "
-            f"machine is offline, pass --data-dir DIR (or set {DATA_DIR_ENV}) to a folder with "
-            "the four IDX files"
+            f"machine is offline, {_OFFLINE_HINT}"
         ) from None
+
+
+_TFDS_TEMPORARIES = ("*.tmp.*", "*incomplete*")
+
+
+def _download_dir_state(download_dir: Path) -> tuple[set[Path], list[Path]]:
+    """What is there before a download: TFDS temporaries, and the folders that do not exist yet."""
+    temporaries = {path for pattern in _TFDS_TEMPORARIES for path in download_dir.glob(pattern)}
+    absent = [folder for folder in (download_dir / "extracted", download_dir, download_dir.parent) if not folder.exists()]
+    return temporaries, absent
+
+
+def _remove_leftovers(download_dir: Path, before: tuple[set[Path], list[Path]]) -> None:
+    """Remove the TFDS temporaries made since ``before``, then the folders made, if left empty."""
+    import shutil
+
+    temporaries, absent = before
+    for pattern in _TFDS_TEMPORARIES:
+        for path in download_dir.glob(pattern):
+            if path not in temporaries:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+    for folder in absent:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def default_data_dir(name: str = "mnist") -> Path | None:
@@ -350,40 +486,160 @@ def load_mnist(data_dir: str | os.PathLike | None = None, name: str = "mnist") -
     return load_idx_files(fetch_with_tfds(name), name)
 
 
+_INK = 0.1  # a pixel this far from the background (after normalising it to 0) is ink
+_DIGIT_BOX = 20  # MNIST digits were scaled to fit a 20x20 box, then centred in 28x28
+_MIN_INK_PIXELS = 10  # fewer inked pixels in that box is specks, not a digit (MNIST has 34+)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def load_digit_image(path: str | os.PathLike) -> np.ndarray:
     """A PNG (any size, dark or light background) as one MNIST-style ``(784,) float32`` image.
 
-    The image is turned to grey, inverted if its background is light (MNIST digits are light on
-    dark), cropped to the ink, scaled so its longer side is 20 pixels and placed in a 28x28 frame
-    with its centre of mass at the centre, as the MNIST digits were prepared.
+    The image is read as grey in [0, 1] (``_read_grey_image``) and framed as the MNIST digits were
+    (``frame_digit``). Anything that cannot be a digit (not a regular file, not an image, too
+    large, blank, only specks) raises ``DataError`` with a one-line message naming ``path``.
     """
+    grey = _read_grey_image(path)
+    try:
+        return frame_digit(grey)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+def _read_grey_image(path: str | os.PathLike) -> np.ndarray:
+    """The image at ``path`` as ``(H, W) float32`` grey in [0, 1], whatever its PNG mode.
+
+    16-bit grey is scaled by 65535 (not clipped to 8 bits); transparency is composited over a
+    backdrop that contrasts with the ink, so black ink on a transparent background (colour
+    uniform, alpha varying: the alpha is the ink) reads as that ink. Images over Pillow's
+    decompression-bomb limit and PNGs whose text or ICC chunks decompress to too much are refused
+    before their pixels are decoded.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with open_regular_file(path, "PNG image", DataError) as f, Image.open(f) as image:
+                if image.width == 0 or image.height == 0:
+                    raise DataError(f"{path}: image has no pixels ({image.width}x{image.height})")
+                image.load()
+                return _grey_pixels(image)
+        except DataError:
+            raise
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: cannot read image ({_unidentified(path)})") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(
+                f"{path}: image too large to read safely ({_one_line(exc)}); crop or scale the digit down"
+            ) from None
+        except ValueError as exc:
+            if "MAX_TEXT" in str(exc):
+                raise DataError(
+                    f"{path}: a text or ICC-profile chunk decompresses to too much data; "
+                    "save the image again without metadata"
+                ) from None
+            raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from None
+        except MemoryError:
+            raise DataError(f"{path}: image too large to read in memory; crop or scale the digit down") from None
+        except (OSError, SyntaxError, EOFError, IndexError, TypeError, zlib.error) as exc:
+            # Pillow reports broken files in all these ways (UnidentifiedImageError is an OSError)
+            raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from None
+
+
+def _unidentified(path: str | os.PathLike) -> str:
+    """Why Pillow did not recognise ``path``: a PNG of zero size, or no image at all."""
     try:
-        with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+        with open_regular_file(path, "PNG image", DataError) as f:
+            head = f.read(24)
+    except DataError:
+        head = b""
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if width == 0 or height == 0:
+            return f"a PNG of {width}x{height} pixels, which has no pixels"
+    return "not a PNG or any other image format Pillow knows"
+
+
+def _grey_pixels(image) -> np.ndarray:
+    """A decoded Pillow image as ``(H, W) float32`` grey in [0, 1] (see ``_read_grey_image``)."""
+    if image.mode in _SIXTEEN_BIT_MODES:  # 16-bit greyscale PNGs open as I;16 (or I)
+        return np.clip(np.asarray(image, dtype=np.float64) / 65535.0, 0.0, 1.0).astype(np.float32)
+    if image.mode == "F":
+        return np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32)), 0.0, 1.0)
+    if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    # With transparency: what is drawn depends on the backdrop, chosen from the colours.
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)  # as Pillow's "L"
+    alpha = rgba[..., 3]
+    if float(alpha.max()) == 0.0:  # fully transparent: nothing is drawn
+        return np.zeros_like(luma)
+    if float(alpha.min()) == float(alpha.max()):  # evenly opaque: the alpha changes nothing
+        return np.clip(luma, 0.0, 1.0)
+    visible = luma[alpha >= 0.1]
+    if visible.size and float(np.percentile(visible, 99) - np.percentile(visible, 1)) <= 0.1:
+        # One colour, alpha varying: the alpha is the ink. Put it on the opposite backdrop, so
+        # dark ink lands on white and light ink on black.
+        backdrop = 1.0 if float(visible.mean()) < 0.5 else 0.0
+    else:
+        # Ink of several shades: the transparent parts stand for the background, in the colour
+        # they hold (a palette image whose white is transparent stays black on white).
+        hidden = 1.0 - alpha
+        backdrop = float((luma * hidden).sum() / hidden.sum())
+    return np.clip(luma * alpha + backdrop * (1.0 - alpha), 0.0, 1.0)
+
+
+def frame_digit(grey: np.ndarray) -> np.ndarray:
+    """Frame a drawn digit as the MNIST digits were: ``(H, W)`` grey in [0, 1] -> ``(784,) float32``.
+
+    The background (the median of the border pixels) is made 0 and the ink 1 (so dark ink on a
+    light background is inverted); the ink is cropped, scaled so its longer side is 20 pixels,
+    its strongest pixel made 1, and placed in a 28x28 frame with its centre of mass at the centre
+    (shifted no further than keeps all the ink in the frame). Pure: reusable for any source of
+    pixels, such as a drawing canvas. Raises ``DataError`` (message without a file name) for an
+    image that holds no digit: empty, blank, or specks too small for their spread.
+    """
+    from PIL import Image
+
+    grey = np.asarray(grey, dtype=np.float32)
+    if grey.ndim != 2:
+        raise DataError(f"expected a 2-D grey image (H, W), got shape {grey.shape}")
+    if grey.size == 0:
+        raise DataError(f"image has no pixels ({grey.shape[1]}x{grey.shape[0]})")
+    if not np.isfinite(grey).all():
+        raise DataError("image holds non-finite values")
+    grey = np.clip(grey, 0.0, 1.0)
     background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
     if background > 0.5:
         grey, background = 1.0 - grey, 1.0 - background
     grey = np.clip((grey - background) / max(1.0 - background, 1e-6), 0.0, 1.0)
-    rows, cols = np.nonzero(grey > 0.1)
+    rows, cols = np.nonzero(grey > _INK)
     if len(rows) == 0:
-        raise DataError(f"{path}: image is blank; draw a digit on a plain background")
+        raise DataError("image is blank; draw a digit on a plain background")
     ink = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    scale = 20.0 / max(ink.shape)
+    scale = _DIGIT_BOX / max(ink.shape)
     size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
-    small = np.asarray(
-        Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS),
-        dtype=np.float32,
-    ) / 255.0
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(ink, dtype=np.float32)).resize(size, Image.Resampling.LANCZOS))
+    small = np.clip(small, 0.0, 1.0)
+    peak = float(small.max())
+    if peak <= 0.0 or int((small > _INK * peak).sum()) < _MIN_INK_PIXELS:
+        raise DataError(
+            f"the marks are too small for their spread to be a digit ({len(rows)} inked pixels across "
+            f"{ink.shape[1]}x{ink.shape[0]}); crop the image to the digit or draw it with a thicker pen"
+        )
+    small = small / peak
+    ys, xs = np.indices(small.shape)
+    total = float(small.sum())
+    centre = IMAGE_SIDE / 2
+    top = int(np.floor(centre - float((ys * small).sum()) / total + 0.5))
+    left = int(np.floor(centre - float((xs * small).sum()) / total + 0.5))
+    top = min(max(top, 0), IMAGE_SIDE - small.shape[0])
+    left = min(max(left, 0), IMAGE_SIDE - small.shape[1])
     frame = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
-    top, left = (IMAGE_SIDE - small.shape[0]) // 2, (IMAGE_SIDE - small.shape[1]) // 2
     frame[top : top + small.shape[0], left : left + small.shape[1]] = small
-    total = frame.sum()
-    ys, xs = np.indices(frame.shape)
-    shift_y = int(round(IMAGE_SIDE / 2 - (ys * frame).sum() / total))
-    shift_x = int(round(IMAGE_SIDE / 2 - (xs * frame).sum() / total))
-    frame = np.roll(frame, (shift_y, shift_x), axis=(0, 1))
-    return np.clip(frame, 0.0, 1.0).reshape(-1)
+    return frame.reshape(-1)

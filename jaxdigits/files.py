@@ -26,7 +26,7 @@ import tempfile
 import threading
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
 
 import numpy as np
 
@@ -174,42 +174,88 @@ def interrupts_deferred():
             raise KeyboardInterrupt
 
 
-def read_regular_file(path: str | os.PathLike, what: str, error: type[JaxdigitsError], limit: int = 64 << 20) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else ``error``
-    with one line saying what it is instead (missing, a folder, a FIFO, a device, a link loop)."""
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_regular_file(
+    path: str | os.PathLike, what: str = "file", error: type[JaxdigitsError] = JaxdigitsError
+) -> Path:
+    """``path`` as a ``Path`` once it is known to be a regular file that can be opened for reading.
+
+    Only ``stat`` is used, never ``open``: a named pipe, a device such as ``/dev/zero``, a folder,
+    a symlink loop or a dangling symlink is refused before anything could block on it or read
+    without end. ``what`` names the file in the message (``"IDX file"``, ``"checkpoint"``, ...);
+    ``error`` is the ``JaxdigitsError`` subclass raised, with a one-line message naming the path.
+    """
     path = Path(path)
-    kind = file_problem(path)
-    if kind:
-        raise error(f"{path}: {kind}; give a {what}")
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        info = os.stat(path)
     except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+        raise error(_stat_problem(path, what, exc)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+        raise error(f"{path}: not a regular file ({kind}); give the {what} itself")
+    return path
+
+
+def _stat_problem(path: Path, what: str, exc: OSError) -> str:
+    """The one-line message for a failed ``stat`` of ``path``."""
+    if exc.errno == errno.ELOOP:
+        return f"{path}: symlink loop (a link that leads back to itself); give the {what} itself"
+    if exc.errno == errno.ENOENT:
+        with contextlib.suppress(OSError):
+            if os.path.islink(path):
+                return f"{path}: broken symlink to {os.readlink(path)}, which does not exist; give the {what} itself"
+        return f"{path}: no such {what}"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{path}: name too long for a {what}"
+    return f"{path}: cannot read file ({exc.strerror or exc})"
+
+
+def open_regular_file(
+    path: str | os.PathLike, what: str = "file", error: type[JaxdigitsError] = JaxdigitsError
+) -> BinaryIO:
+    """``path`` opened for binary reading, refused (as ``check_regular_file``) unless a regular file.
+
+    The file is opened without blocking and checked again on the open descriptor, so a file that
+    is swapped for a named pipe between the check and the opening is refused too, not waited on.
+    """
+    path = check_regular_file(path, what, error)
+    try:
+        f = open(path, "rb", opener=_open_without_blocking)
+    except OSError as exc:
+        raise error(_stat_problem(path, what, exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise error(f"{path}: not a regular file (it changed while being opened); give the {what} itself")
+        os.set_blocking(f.fileno(), True)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _open_without_blocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+
+
+def read_regular_file(path: str | os.PathLike, what: str, error: type[JaxdigitsError], limit: int = 64 << 20) -> bytes:
+    """The bytes of ``path`` if it is a regular file (``open_regular_file``) of at most ``limit``
+    bytes, else ``error`` with one line saying what it is instead."""
+    with open_regular_file(path, what, error) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     if len(data) > limit:
         raise error(f"{path}: larger than {limit >> 20} MiB; this is not a {what}")
     return data
-
-
-def file_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a regular file (``None`` when it can)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "a symbolic link loop"
-        if exc.errno == errno.ENOENT:
-            return "no such file"
-        return f"cannot be read ({exc.strerror or exc})"
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder, not a file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe), not a regular file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device, not a regular file"
-    return "not a regular file"
 
 
 # --- claiming an --out folder -----------------------------------------------------------------

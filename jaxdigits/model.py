@@ -130,7 +130,7 @@ def check_images(network: Network, images, where: str = "images") -> None:
     shape, dtype = np.shape(images), jnp.result_type(images)
     inputs = network.sizes[0]
     if len(shape) != 2 or shape[1] != inputs:
-        hint = f"; flatten them with images.reshape(len(images), -1)" if len(shape) > 2 else ""
+        hint = "; flatten them with images.reshape(len(images), -1)" if len(shape) > 2 else ""
         raise InputError(f"{where}: images have shape {shape}, expected (N, {inputs}) for this network{hint}")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise InputError(f"{where}: images are {dtype}, expected floats in [0, 1] (e.g. images / 255)")

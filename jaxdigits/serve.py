@@ -26,7 +26,6 @@ import socket
 import sys
 import threading
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -61,39 +60,9 @@ class BadRequest(Exception):
 
 def frame_grey(grey: np.ndarray) -> np.ndarray:
     """``grey (H, W)`` in [0, 1] as the ``(784,) float32`` input ``predict`` would see for a PNG of it."""
-    from jaxdigits import data
+    from jaxdigits.data import frame_digit
 
-    frame = getattr(data, "frame_digit", None) or _frame_digit
-    return np.asarray(frame(grey), dtype=np.float32).reshape(-1)
-
-
-def _frame_digit(grey: np.ndarray) -> np.ndarray:
-    """The framing steps of ``data.load_digit_image`` (until ``data.frame_digit`` exists)."""
-    from PIL import Image
-
-    grey = np.asarray(grey, dtype=np.float32)
-    background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
-    if background > 0.5:
-        grey, background = 1.0 - grey, 1.0 - background
-    grey = np.clip((grey - background) / max(1.0 - background, 1e-6), 0.0, 1.0)
-    rows, cols = np.nonzero(grey > 0.1)
-    if len(rows) == 0:
-        raise DataError("image is blank; draw a digit on a plain background")
-    ink = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    scale = 20.0 / max(ink.shape)
-    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
-    small = np.asarray(
-        Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS), dtype=np.float32
-    ) / 255.0
-    frame = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
-    top, left = (IMAGE_SIDE - small.shape[0]) // 2, (IMAGE_SIDE - small.shape[1]) // 2
-    frame[top : top + small.shape[0], left : left + small.shape[1]] = small
-    total = frame.sum()
-    ys, xs = np.indices(frame.shape)
-    shift_y = int(round(IMAGE_SIDE / 2 - (ys * frame).sum() / total))
-    shift_x = int(round(IMAGE_SIDE / 2 - (xs * frame).sum() / total))
-    frame = np.roll(frame, (shift_y, shift_x), axis=(0, 1))
-    return np.clip(frame, 0.0, 1.0).reshape(-1)
+    return np.asarray(frame_digit(grey), dtype=np.float32).reshape(-1)
 
 
 def parse_pixels(body: bytes) -> np.ndarray:

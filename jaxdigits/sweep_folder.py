@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 from jaxdigits.config import FIELDS, SweepGrid, TrainConfig
 from jaxdigits.errors import ConfigError, RunFolderError
-from jaxdigits.files import SWEEP_MARKERS, append_lines, claim_folder, environment_info, file_problem, to_json, write_atomic, write_json
+from jaxdigits.files import SWEEP_MARKERS, append_lines, claim_folder, environment_info, check_regular_file, to_json, write_atomic, write_json
 from jaxdigits.records import STATUSES, config_id
 
 SWEEP_FORMAT = "jaxdigits-sweep"
@@ -40,9 +40,7 @@ def read_results(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     path = Path(path)
     if not path.exists():
         return [], []
-    problem = file_problem(path)
-    if problem:
-        raise RunFolderError(f"{path}: {problem}; a sweep's results must be a regular file")
+    check_regular_file(path, "sweep's results.jsonl", RunFolderError)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -102,9 +100,7 @@ class SweepFolder:
     def _read_sweep_file(self) -> dict | None:
         if not self.sweep_path.exists():
             return None
-        problem = file_problem(self.sweep_path)
-        if problem:
-            raise RunFolderError(f"{self.sweep_path}: {problem}; use a new --out")
+        check_regular_file(self.sweep_path, "sweep's sweep.json", RunFolderError)
         try:
             info = json.loads(self.sweep_path.read_text())
         except (OSError, ValueError) as exc:
