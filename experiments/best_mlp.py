@@ -33,8 +33,12 @@ NO_AFFINE = {"rotation": 0.0, "scale": 0.0, "shear": 0.0, "shift": 0.0}
 SETTINGS = {
     "lesson": {
         "title": "the lesson's 784-16-16-10, tuned",
+        # Found by a sweep over activation (sigmoid, tanh, relu), optimizer (adam, momentum), rate,
+        # l2 (0, 1e-4) and augmentation (none, mild affine): cross-entropy, Adam with a cosine
+        # schedule, a little L2 and mild affine distortions lift the lesson's network by a point.
         "grid": dict(hidden=[(16, 16)], activation="sigmoid", cost="cross_entropy", optimizer="adam", lr=3e-3,
-                     batch_size=32, schedule="cosine", l2=[0.0, 1e-4], epochs=40, seed=[0, 1, 2]),
+                     batch_size=32, schedule="cosine", l2=1e-4, augment=["none", "affine"], rotation=5.0, scale=0.05,
+                     shear=5.0, shift=1.0, epochs=40, seed=[0, 1, 2]),
     },
     "no_augment": {
         "title": "best MLP without augmentation",
