@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,19 @@ def write_idx_folder(folder: Path, dataset: Dataset, compress: bool = True) -> P
 def tiny_data_dir(tmp_path) -> Path:
     """A folder holding ``synthetic_dataset()`` as the four gzip-compressed IDX files."""
     return write_idx_folder(tmp_path / "tiny_idx", synthetic_dataset())
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail (rather than hang) when the block runs longer than ``seconds``."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: it blocked")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jaxdigits as jd
-from jaxdigits import cli, config as config_module, training
+from jaxdigits import cli, training
 from tests.conftest import synthetic_dataset
 
 

@@ -8,12 +8,10 @@ follows the bytes the file really holds, never the sizes its header claims.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
 import gzip
 import os
 import shutil
-import signal
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -26,7 +24,7 @@ from hypothesis import strategies as st
 from jaxdigits import cli
 from jaxdigits.data import IDX_FILES, load_idx_folder, read_idx
 from jaxdigits.errors import DataError
-from tests.conftest import idx_bytes, synthetic_dataset, write_idx, write_idx_folder
+from tests.conftest import deadline, idx_bytes, synthetic_dataset, write_idx, write_idx_folder
 
 TRAIN_IMAGES = IDX_FILES["train_images"]
 TRAIN_LABELS = IDX_FILES["train_labels"]
@@ -219,20 +217,6 @@ def test_cli_reports_a_broken_data_folder_in_one_line(data_dir, tmp_path, capsys
 # Fuzzing read_idx
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Fail (instead of hanging forever) when the body runs longer than ``seconds``."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"read_idx ran for more than {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def held_bytes(data: bytes) -> int:
@@ -260,7 +244,7 @@ def check_read(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     tracemalloc.start()
     try:
-        with time_limit(5):
+        with deadline(5):
             array = read_idx(path)
     except DataError as exc:
         assert str(exc).startswith(f"{path}: ")

@@ -10,12 +10,12 @@ huge sparse tail or with NaN weights under a valid digest. Nothing here touches 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import http.server
 import io
 import os
 import random
-import signal
 import socket
 import struct
 import subprocess
@@ -38,25 +38,11 @@ from jaxdigits.checkpoint import (
 from jaxdigits.config import TrainConfig
 from jaxdigits.data import IDX_FILES, check_regular_file, load_digit_image, read_idx
 from jaxdigits.errors import CheckpointError, DataError
-from tests.conftest import synthetic_dataset, write_idx_folder
+from tests.conftest import deadline, synthetic_dataset, write_idx_folder
 
 TRAIN_IMAGES = IDX_FILES["train_images"]
 
 
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail (rather than hang) when the block runs longer than ``seconds``."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: it blocked")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def assert_one_line_naming(exc: BaseException, path: Path | str) -> str:
@@ -80,10 +66,10 @@ def assert_cli_refuses(args: list[str], path: Path, expected: str, capsys) -> No
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A finished one-epoch run on synthetic data."""
-    from jaxdigits.train import train
+    from jaxdigits.training import train
 
     out = tmp_path_factory.mktemp("hostile") / "run"
-    train(TrainConfig(epochs=1), synthetic_dataset(), out_dir=out)
+    train(TrainConfig(epochs=1), dataclasses.replace(synthetic_dataset(), name="mnist"), out_dir=out)
     return out
 
 
@@ -168,7 +154,7 @@ def test_check_regular_file_is_general(tmp_path):
     with pytest.raises(CheckpointError, match=f"^{tmp_path / 'pipe'}: not a regular file .*give the grid file itself$"):
         check_regular_file(_fifo(tmp_path / "pipe"), "grid file", CheckpointError)
     with pytest.raises(DataError, match=f"^{tmp_path / 'absent.json'}: no such grid file$"):
-        check_regular_file(tmp_path / "absent.json", "grid file")
+        check_regular_file(tmp_path / "absent.json", "grid file", DataError)
 
 
 @needs_posix
@@ -252,10 +238,10 @@ def test_non_finite_weights_under_a_valid_digest_are_refused(tmp_path, bad):
 
 
 def test_cli_predict_refuses_nan_weights(run_dir, tmp_path, capsys):
-    params, config, info = load_params(run_dir)
-    params[0]["w"] = params[0]["w"].at[0, 0].set(np.nan)
+    network, info = load_params(run_dir)
+    network[0]["w"] = network[0]["w"].at[0, 0].set(np.nan)
     path = tmp_path / PARAMS_FILE
-    save_params(path, params, config, info)
+    save_params(path, network, info)
     png = tmp_path / "digit.png"
     png.write_bytes(b"")  # never read: the params are refused first
     assert_cli_refuses(["predict", str(path), str(png)], path, "holds non-finite values in params.0.w", capsys)
