@@ -142,6 +142,14 @@ def config_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(list(devices or jax.devices())), (MESH_AXIS,))
 
 
+def mesh_for(members: int, mesh: Mesh) -> Mesh:
+    """The devices a group of ``members`` trains on: all of ``mesh``, or, on one host, only as
+    many as it has members, so that a small group does not pay for filler copies on the rest."""
+    if members >= mesh.size or jax.process_count() > 1:
+        return mesh
+    return Mesh(mesh.devices.reshape(-1)[:members], (MESH_AXIS,))
+
+
 def use_cpu_cores(count: int | None = None) -> bool:
     """Make each CPU core a JAX device, so a sweep on a CPU-only host runs configurations in
     parallel over the cores. Works only before JAX starts its backend; returns whether it did.
@@ -432,11 +440,12 @@ def sweep(
                 first = group[0]
                 label = f"group {number}/{len(groups)} {sizes_label(first.hidden)} x{len(group)}"
                 bar.describe(label)
-                key = (first.dataset, first.dtype)
+                group_mesh = mesh_for(len(group), mesh)
+                key = (first.dataset, first.dtype, group_mesh.size)
                 if key not in on_device:
-                    on_device[key] = put_data(datasets[first.dataset], mesh, first.dtype)
-                records = train_group(group, on_device[key], mesh, on_epoch=lambda e, n: bar.status(f"epoch {e}/{n}"),
-                                      exact=exact)
+                    on_device[key] = put_data(datasets[first.dataset], group_mesh, first.dtype)
+                records = train_group(group, on_device[key], group_mesh, exact=exact,
+                                      on_epoch=lambda e, n: bar.status(f"epoch {e}/{n}"))
                 if folder is not None:
                     folder.append(records)
                 new.update((r["id"], r) for r in records)
