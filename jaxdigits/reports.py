@@ -368,12 +368,27 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110, colours: int | Non
 COLOURS = ("tab:blue", "tab:orange")
 
 
-def _digit(ax, image: np.ndarray, title: str = "", colour: str = "black") -> None:
-    side = int(round(np.sqrt(image.size)))
-    ax.imshow(np.asarray(image).reshape(side, side), cmap="gray_r", vmin=0, vmax=1)
+def tile(images: np.ndarray, places: Sequence[tuple[int, int]], shape: tuple[int, int], gap: tuple[int, int] = (12, 4)) -> np.ndarray:
+    """One canvas for many images ``(K, side*side)``: image ``k`` at grid cell ``places[k] =
+    (row, col)`` of ``shape = (rows, cols)``, cells ``gap = (rows, cols)`` pixels apart, a
+    ``gap[0]``-pixel margin on top of every row for its caption; NaN (drawn white) elsewhere."""
+    side = int(round(np.sqrt(np.shape(images)[-1]))) if len(images) else 28
+    rows, cols = shape
+    canvas = np.full((rows * (side + gap[0]), max(cols * (side + gap[1]) - gap[1], 1)), np.nan)
+    for image, (r, c) in zip(images, places):
+        top, left = r * (side + gap[0]) + gap[0], c * (side + gap[1])
+        canvas[top : top + side, left : left + side] = np.asarray(image).reshape(side, side)
+    return canvas
+
+
+def _show_tiles(ax, canvas: np.ndarray) -> None:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="white")
+    ax.imshow(canvas, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([]), ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=8, color=colour, pad=2)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def confusion_figure(result: dict):
@@ -400,45 +415,47 @@ def confusion_figure(result: dict):
     return fig
 
 
-def pairs_figure(result: dict, images: np.ndarray):
-    """The most confused pairs, one row each: ``true -> answer (count)`` and its most confident
-    examples; networks side by side."""
+def pairs_figure(result: dict, images: np.ndarray, side: int = 28):
+    """The most confused pairs, one row each: ``true → answer (count)`` and its most confident
+    examples with their confidence; networks side by side."""
     plt = pyplot()
     networks = result["networks"]
     rows = max(max(len(n["confused_pairs"]) for n in networks), 1)
-    examples = max((len(p["examples"]) for n in networks for p in n["confused_pairs"]), default=1) or 1
-    fig = plt.figure(figsize=(len(networks) * (1.0 * examples + 1.6), 1.15 * rows + 0.6))
-    panels = fig.subfigures(1, len(networks), squeeze=False)[0] if len(networks) > 1 else [fig]
-    for panel, n in zip(panels, networks):
-        axes = panel.subplots(rows, examples + 1, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for row, pair in enumerate(n["confused_pairs"]):
-            axes[row, 0].text(0.95, 0.5, f"{pair['true']} → {pair['answer']}\n{pair['count']} times",
-                              ha="right", va="center", fontsize=10, transform=axes[row, 0].transAxes)
-            for col, (index, confidence) in enumerate(zip(pair["examples"], pair["confidences"]), 1):
-                axes[row, col].axis("on")
-                _digit(axes[row, col], images[index], f"{confidence:.2f}")
-        panel.suptitle(f"{n['name']}: most confused pairs (true → answer), examples with their confidence", fontsize=10)
+    columns = max((len(p["examples"]) for n in networks for p in n["confused_pairs"]), default=1) or 1
+    fig, axes = plt.subplots(1, len(networks), figsize=(len(networks) * (0.62 * columns + 1.3), 0.78 * rows + 0.7),
+                             squeeze=False)
+    for ax, n in zip(axes[0], networks):
+        pairs = n["confused_pairs"]
+        places = [(r, c) for r, pair in enumerate(pairs) for c in range(len(pair["examples"]))]
+        chosen = [images[i] for pair in pairs for i in pair["examples"]]
+        _show_tiles(ax, tile(chosen, places, (rows, columns)))
+        for r, pair in enumerate(pairs):
+            top = r * (side + 12) + 12
+            ax.text(-6, top + side / 2, f"{pair['true']} → {pair['answer']}\n{pair['count']}×", ha="right", va="center",
+                    fontsize=9)
+            for c, confidence in enumerate(pair["confidences"]):
+                ax.text(c * (side + 4) + side / 2, top - 1.5, f"{confidence:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_title(f"{n['name']}: most confused pairs (true → answer)", fontsize=9)
+    fig.suptitle("Most confused pairs, the most confident examples of each with their confidence", fontsize=10)
+    fig.tight_layout()
     return fig
 
 
-def mistakes_figure(result: dict, images: np.ndarray, columns: int = 8):
-    """The most confident mistakes: each image with ``true → answer`` and the confidence."""
+def mistakes_figure(result: dict, images: np.ndarray, columns: int = 8, side: int = 28):
+    """The most confident mistakes: each image with ``true→answer`` and the confidence."""
     plt = pyplot()
     networks = result["networks"]
-    count = max(max(len(n["mistakes"]) for n in networks), 1)
-    rows = -(-count // columns)
-    fig = plt.figure(figsize=(len(networks) * 1.05 * columns, 1.2 * rows + 0.5))
-    panels = fig.subfigures(1, len(networks), squeeze=False)[0] if len(networks) > 1 else [fig]
-    for panel, n in zip(panels, networks):
-        axes = panel.subplots(rows, columns, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, mistake in zip(axes.flat, n["mistakes"]):
-            ax.axis("on")
-            _digit(ax, images[mistake["index"]], f"{mistake['true']}→{mistake['answer']}  {mistake['confidence']:.2f}", "darkred")
-        panel.suptitle(f"{n['name']}: the most confident mistakes (true→answer, confidence)", fontsize=10)
+    rows = -(-max(max(len(n["mistakes"]) for n in networks), 1) // columns)
+    fig, axes = plt.subplots(1, len(networks), figsize=(len(networks) * 0.75 * columns, 0.9 * rows + 0.6), squeeze=False)
+    for ax, n in zip(axes[0], networks):
+        places = [divmod(k, columns) for k in range(len(n["mistakes"]))]
+        _show_tiles(ax, tile([images[m["index"]] for m in n["mistakes"]], places, (rows, columns)))
+        for (r, c), m in zip(places, n["mistakes"]):
+            ax.text(c * (side + 4) + side / 2, r * (side + 12) + 10.5, f"{m['true']}→{m['answer']} {m['confidence']:.2f}",
+                    ha="center", va="bottom", fontsize=7, color="darkred")
+        ax.set_title(f"{n['name']}", fontsize=9)
+    fig.suptitle("The most confident mistakes (true→answer, confidence)", fontsize=10)
+    fig.tight_layout()
     return fig
 
 
@@ -633,7 +650,10 @@ def write_report(result: dict, images: np.ndarray, out: Path) -> dict[str, str]:
 
 
 def value_text(value: Any) -> str:
-    """An axis value as text: ``16,16`` for hidden widths (``none`` for no hidden layer), ``0.3``."""
+    """An axis value as text: ``16,16`` for hidden widths (``none`` for no hidden layer), ``0.3``
+    (``""`` for ``None``)."""
+    if value is None:
+        return ""
     if isinstance(value, list):
         return ",".join(map(str, value)) or "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -764,6 +784,10 @@ def curves_figure(records: Sequence[dict], group: str):
         left.plot([], [], color=colour_of[json.dumps(v)], label=f"{group} {value_text(v)}")
     left.plot([], [], "x", color="red", mew=2, label="diverged (last finite epoch)")
     left.plot([], [], ":s", color="darkorange", label="stalled")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch"), left.set_ylabel("test accuracy (%)"), left.grid(alpha=0.3)
     right.set_xlabel("epoch"), right.set_ylabel("training cost"), right.grid(alpha=0.3)
     if all(v > 0 for r in records for v in (r.get("train_cost_curve") or []) if v is not None):
@@ -807,11 +831,11 @@ RUN_COLUMNS = ("status", "test_accuracy", "best_test_accuracy", "best_epoch", "t
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A CSV file, written atomically; lists (hidden widths) as ``16,16``."""
+    """A CSV file of ``rows`` under ``header``, written atomically (``None`` as an empty cell)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([[value_text(v) if isinstance(v, list) else ("" if v is None else v) for v in row] for row in rows])
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
     write_atomic(path, buffer.getvalue().encode())
 
 
@@ -859,11 +883,11 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         write_atomic(out / f"{name}.png", png)
     metrics = [f"{m}_{s}" for m in ("test_accuracy", "best_test_accuracy", "train_accuracy") for s in ("mean", "std", "min", "max")]
     write_csv(out / "summary.csv", [*axes, "runs", "diverged", "stalled", *metrics],
-              [[row[a] for a in axes] + [row["runs"], row["diverged"], row["stalled"]] + [row[m] for m in metrics] for row in rows])
+              [[value_text(row[a]) for a in axes] + [row["runs"], row["diverged"], row["stalled"]] + [row[m] for m in metrics] for row in rows])
     from jaxdigits.config import FIELDS
 
     fields = [name for name in FIELDS if any(name in r for r in records)]
-    write_csv(out / "runs.csv", [*fields, *RUN_COLUMNS], [[r.get(c) for c in (*fields, *RUN_COLUMNS)] for r in records])
+    write_csv(out / "runs.csv", [*fields, *RUN_COLUMNS], [[value_text(r.get(c)) for c in fields] + [r.get(c) for c in RUN_COLUMNS] for r in records])
     statuses = {s: sum(r.get("status") == s for r in records) for s in ("ok", "diverged", "stalled")}
     result = {
         "sweep": str(folder), "finished": len(records), "planned": planned, "statuses": statuses,
