@@ -7,7 +7,8 @@
 
 The modules: ``model`` (the network), ``costs``, ``optimizers``, ``config`` (the run schema and
 sweep grids), ``data``, ``training`` (step, epoch, ``train``), ``sweeps``, ``records`` (one
-record per run), ``checkpoint``, ``sweep_folder``, ``files``, ``cli``.
+record per run), ``reports`` (what a network gets wrong, what a sweep found), ``checkpoint``,
+``sweep_folder``, ``files``, ``cli``.
 """
 
 from jaxdigits.checkpoint import load_params, save_params
@@ -18,6 +19,7 @@ from jaxdigits.errors import CheckpointError, ConfigError, DataError, InputError
 from jaxdigits.model import LESSON_SIZES, Network, accuracy, forward, init_mlp, layer_activations, predict
 from jaxdigits.optimizers import OPTIMIZERS, make_optimizer
 from jaxdigits.records import aggregate, format_table, run_record, run_status
+from jaxdigits.reports import report, sweep_report
 from jaxdigits.sweep_folder import ResultsWarning, read_results
 from jaxdigits.sweeps import SweepResult, sweep, use_cpu_cores
 from jaxdigits.training import (StalledWarning, TrainResult, TrainState, batch_order, evaluate, init_state, make_epoch,
@@ -30,6 +32,6 @@ __all__ = [
     "accuracy", "aggregate", "batch_order", "cross_entropy_cost", "evaluate", "format_table", "forward",
     "frame_digit", "init_mlp", "init_state", "l2_penalty", "layer_activations", "load_digit_image", "load_grid",
     "load_mnist", "load_params", "make_epoch", "make_guarded_epoch", "make_objective", "make_optimizer",
-    "make_step", "predict", "program_key", "quadratic_cost", "read_idx", "read_results", "run_keys", "run_record",
-    "run_status", "save_params", "sweep", "train", "use_cpu_cores",
+    "make_step", "predict", "program_key", "quadratic_cost", "read_idx", "read_results", "report", "run_keys", "run_record",
+    "run_status", "save_params", "sweep", "sweep_report", "train", "use_cpu_cores",
 ]

@@ -231,6 +231,23 @@ def load_params(path: str | os.PathLike) -> tuple[Network, dict[str, Any]]:
     return network_from_tensors(tensors, info.get("network"), path), info
 
 
+def run_data(network: Network, info: dict[str, Any], data_dir: str | os.PathLike | None = None):
+    """The data set a saved network was trained on (``info["config"]["dataset"]``, default
+    ``mnist``) from ``data_dir`` (see ``load_mnist``), refused in one line when it does not fit
+    the network's input and output sizes."""
+    from jaxdigits.data import load_mnist
+
+    dataset = (info.get("config") or {}).get("dataset", "mnist")
+    data = load_mnist(data_dir, dataset)
+    if data.name != dataset:
+        raise ConfigError(f"the network was trained on {dataset} and these files are {data.name}; "
+                          f"give --data-dir a folder with {dataset}")
+    if data.inputs != network.sizes[0] or data.num_classes != network.sizes[-1]:
+        raise ConfigError(f"the network takes {network.sizes[0]} inputs and {network.sizes[-1]} classes; "
+                          f"{dataset} has {data.inputs} and {data.num_classes}")
+    return data
+
+
 def _differences(saved: dict, given: dict) -> list[str]:
     """What differs; more epochs may be asked for unless a schedule spans the run's epochs."""
     free = ("epochs",) if given.get("schedule", "constant") == "constant" else ()

@@ -99,6 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(commands)
 
+    report = commands.add_parser("report", help="what a trained network gets wrong: an HTML report with figures",
+                                 description="Measure a saved network on its test set (confusion matrix, per-class "
+                                 "scores, confused pairs, confident mistakes, calibration, rejection, robustness) "
+                                 "and write report.json, one PNG per figure and a self-contained report.html to --out.")
+    report.add_argument("checkpoint", type=Path, help="a run's --out folder or its params.safetensors")
+    add_data_flag(report)
+    report.add_argument("--out", type=_out_folder, required=True, metavar="DIR", help="folder for the report's files")
+    report.add_argument("--compare", type=Path, metavar="OTHER",
+                        help="a second run folder or params file, measured on the same images and drawn beside it")
+    report.add_argument("--seed", type=int, default=0, help="seed of the random perturbations (default 0)")
+    report.set_defaults(handler=run_report)
+
+    sweep_report = commands.add_parser(
+        "sweep-report", help="what a sweep found: heatmap, curves and best configurations (HTML, PNG, CSV)",
+        description="Read SWEEP_DIR/results.jsonl (a sweep still running shows what has finished) and write a "
+        "heatmap of test accuracy over two axes, curves per epoch, the best configurations with their seed "
+        "spread, CSV tables and report.html.")
+    sweep_report.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep's --out folder")
+    sweep_report.add_argument("--out", type=_out_folder, metavar="DIR", help="folder for the report (default SWEEP_DIR/report)")
+    sweep_report.add_argument("--x", metavar="AXIS", help="heatmap columns: a config field (default: the axis with most values)")
+    sweep_report.add_argument("--y", metavar="AXIS", help="heatmap rows: a config field (default: the next such axis)")
+    sweep_report.add_argument("--group", metavar="AXIS", help="colour the curves by this field (default: --x)")
+    sweep_report.add_argument("--top", type=_positive("--top"), default=10, help="how many best configurations to show (default 10)")
+    sweep_report.set_defaults(handler=run_sweep_report)
+
     serve = commands.add_parser("serve", help="a local web page: draw a digit and watch the network think",
                                 description="Start a local web server with a page to draw digits on; it shows the "
                                 "28x28 input, every neuron's activation, the outputs and the weights. Ctrl-C stops it.")
@@ -161,19 +186,11 @@ def _interrupted_message(args: argparse.Namespace) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from jaxdigits.checkpoint import load_params
-    from jaxdigits.data import load_mnist
+    from jaxdigits.checkpoint import load_params, run_data
     from jaxdigits.training import evaluate
 
     network, info = load_params(args.checkpoint)
-    dataset = (info.get("config") or {}).get("dataset", "mnist")
-    data = load_mnist(args.data_dir, dataset)
-    if data.name != dataset:
-        raise ConfigError(f"the network was trained on {dataset} and these files are {data.name}; "
-                          f"give --data-dir a folder with {dataset}")
-    if data.inputs != network.sizes[0] or data.num_classes != network.sizes[-1]:
-        raise ConfigError(f"the network takes {network.sizes[0]} inputs and {network.sizes[-1]} classes; "
-                          f"{dataset} has {data.inputs} and {data.num_classes}")
+    data = run_data(network, info, args.data_dir)
     acc = evaluate(network, data.test_images, data.test_labels)
     print(f"test accuracy {100 * acc:.2f}% ({data.name}, {len(data.test_labels)} images)")
     return 0
@@ -191,6 +208,32 @@ def run_predict(args: argparse.Namespace) -> int:
     digit, activations = predict(network, image[None, :].astype(network.dtype))
     print(f"digit {int(digit[0])}")
     print("activations " + " ".join(f"{d}:{float(a):.3f}" for d, a in enumerate(activations[0])))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from jaxdigits.reports import report, summary_table
+
+    result = report(args.checkpoint, data_dir=args.data_dir, out_dir=args.out, compare=args.compare, seed=args.seed)
+    print(summary_table(result))
+    print(f"report in {args.out / 'report.html'}")
+    return 0
+
+
+def run_sweep_report(args: argparse.Namespace) -> int:
+    from jaxdigits.reports import sweep_report, value_text
+
+    out = args.out if args.out is not None else args.sweep_dir / "report"
+    result = sweep_report(args.sweep_dir, out, x=args.x, y=args.y, group=args.group, top=args.top)
+    finished = f"{result['finished']} of {result['planned']}" if result["planned"] else str(result["finished"])
+    statuses = ", ".join(f"{count} {status}" for status, count in result["statuses"].items() if count)
+    print(f"{finished} runs finished ({statuses}); heatmap {result['x']}" + (f" x {result['y']}" if result["y"] else ""))
+    best = result["configurations"][0]
+    if not (best["diverged"] or best["stalled"]):
+        setting = ", ".join(f"{a} {value_text(best[a])}" for a in result["axes"]) or "the one configuration"
+        print(f"best: {setting}: test accuracy {100 * best['test_accuracy_mean']:.2f}% "
+              f"± {100 * best['test_accuracy_std']:.2f} over {best['runs']} seed(s)")
+    print(f"report in {out / 'report.html'}")
     return 0
 
 
