@@ -18,6 +18,7 @@ import numpy as np
 
 import jaxdigits
 from jaxdigits import Dataset, JaxdigitsError
+from jaxdigits.reports import pyplot, save_figure  # noqa: F401  (the experiments' figure helpers)
 from jaxdigits.files import write_json
 
 EXIT_INTERRUPTED = 130
@@ -64,25 +65,6 @@ def publish(out: Path, results: dict, findings: Callable[[dict], list[str]]) -> 
     for line in results["findings"]:
         print(line)
     return results
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save ``fig`` as a PNG at ``path`` and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
-    return path
 
 
 def run_main(study: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdigits.errors import ConfigError, InputError, RunFolderError
+from jaxdigits.errors import ConfigError, RunFolderError
 from jaxdigits.files import json_safe, write_atomic, write_json
 from jaxdigits.model import OUTPUTS, Network, _forward, check_images, check_labels
 from jaxdigits.transforms import ROBUSTNESS
