@@ -75,8 +75,15 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (no usage block): ``prog: error: ...; see --help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxdigits", description="The lesson's digit-reading network in JAX.")
+    parser = OneLineParser(prog="jaxdigits", description="The lesson's digit-reading network in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a network and save it to --out")
