@@ -19,7 +19,7 @@ import numpy as np
 
 import jaxdigits
 from jaxdigits import Dataset, JaxdigitsError
-from jaxdigits.checkpoint import write_json_atomic
+from jaxdigits.files import write_json
 
 EXIT_INTERRUPTED = 130
 
@@ -74,7 +74,7 @@ def save_json(path: str | os.PathLike, value: Any) -> Path:
     numpy values become plain numbers and NaN or infinite ones ``null``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, _plain(value))
+    write_json(path, _plain(value))
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jaxdigits as jd
-from jaxdigits.sweep import use_cpu_cores
+from jaxdigits.sweeps import use_cpu_cores
 
 
 def add_sweep_flags(parser: argparse.ArgumentParser, seeds: int, epochs: int) -> None:
