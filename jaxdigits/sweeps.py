@@ -97,6 +97,8 @@ MESH_AXIS = "configs"
 CACHE_FRACTION = 0.25
 # An accelerator group, evaluation included, stays within this share of the device's memory.
 MEMORY_FRACTION = 0.5
+# Where Linux describes the first core's caches.
+CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 # Used when the cache or the memory size cannot be read.
 FALLBACK_CACHE_PER_CORE = 8 << 20
 FALLBACK_DEVICE_MEMORY = 16 << 30
@@ -150,10 +152,10 @@ def member_bytes(config: TrainConfig, inputs: int = 784, classes: int = 10) -> t
 
 def cpu_cache_per_core() -> tuple[int, str]:
     """``(bytes, source)``: the L2 and L3 cache a core has to itself (a shared cache divided by
-    the cores sharing it), from ``/sys/devices/system/cpu/cpu0/cache``, else ``os.sysconf``,
+    the cores sharing it), from ``CPU_CACHE_DIR`` (Linux sysfs), else ``os.sysconf``,
     else ``FALLBACK_CACHE_PER_CORE``."""
     total = 0
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+    for index in sorted(CPU_CACHE_DIR.glob("index*")):
         try:
             level = int((index / "level").read_text())
             kind = (index / "type").read_text().strip()
