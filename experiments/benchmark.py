@@ -140,7 +140,7 @@ def time_torch(configs: Sequence[jd.TrainConfig], data: jd.Dataset) -> dict:
             linear = nn.Linear(*np.shape(layer["w"]))
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(np.asarray(layer["w"]).T.copy()))
-                linear.bias.copy_(torch.from_numpy(np.asarray(layer["b"])))
+                linear.bias.copy_(torch.from_numpy(np.array(layer["b"])))
             layers += [linear, nn.Sigmoid()]
         return nn.Sequential(*layers)
 
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if peer is not None:
         print(line(f"torch.func ensemble ({peer['threads']} threads)", numbers["torch"], n))
     print(f"ratio sweep / one after another: {numbers['ratio']:.1f}x "
-          f"(training only: {numbers['ratio_training_only']:.1f}x); load average {load_before[0]:.2f} before, "
+          f"(compile excluded: {numbers['ratio_training_only']:.1f}x); load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after")
     if peer is not None:
         print(f"ratio jaxdigits/torch: {numbers['ratio_jaxdigits_torch']:.2f}x (compile/setup excluded: "
