@@ -266,7 +266,7 @@ def add_sweep_parser(commands) -> None:
                        "axis flags then change its saved axes (a grid that grows trains only what is new)")
     sweep.add_argument("--overwrite", action="store_true", help="start the sweep in --out over")
     sweep.add_argument("--group-size", type=_positive("--group-size"), help="at most this many configurations per compiled group "
-                       "(default: all of one shape; smaller loses less to Ctrl-C)")
+                       "(default: chosen for the device, from its cache or memory; smaller loses less to Ctrl-C)")
     sweep.add_argument("--cpu-devices", type=_positive("--cpu-devices", 256), help="with no accelerator, split the CPU into this many devices "
                        "(default: one per core)")
     sweep.add_argument("--exact", action="store_true", help="train each configuration's arithmetic on its own, so "
