@@ -214,7 +214,7 @@ def test_python_sweeps_use_every_cpu_core_by_default():
     code = textwrap.dedent("""
         import jaxdigits as jd
         from tests.conftest import synthetic_dataset
-        result = jd.sweep(data=synthetic_dataset(40, 10), lr=[1.0, 3.0], epochs=1, cpu_devices=3)
+        result = jd.sweep(data=synthetic_dataset(40, 10), lr=[0.3, 1.0, 3.0], epochs=1, cpu_devices=3)
         print(result.records[0]["devices"])
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
