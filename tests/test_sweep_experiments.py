@@ -13,6 +13,7 @@ import pytest
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS_DIR))
 
+import best_mlp  # noqa: E402
 import hidden_sizes  # noqa: E402
 import learning_rates  # noqa: E402
 import sweep_study  # noqa: E402
@@ -105,3 +106,19 @@ def test_benchmark_smoke_run(mnist_dir, tmp_path):
     assert "ratio sweep / one after another" in done.stdout
     np.testing.assert_allclose(numbers["ratio"], numbers["sweep"]["model_epochs_per_second"]
                                / numbers["one_after_another"]["model_epochs_per_second"])
+
+
+def test_best_mlp_quick_runs_every_setting_with_and_without_augmentation(mnist_dir, tmp_path):
+    assert best_mlp.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir)]) == 0
+    summary = json.loads((tmp_path / "best_mlp.json").read_text())
+    rows = summary["rows"]
+    assert {r["setting"] for r in rows} == {"lesson", "no_augment", "elastic"}
+    assert {(r["setting"], r["augment"]) for r in rows} >= {("lesson", "affine"), ("elastic", "none"), ("elastic", "elastic")}
+    for row in rows:  # each row is its sweep's records, averaged over seeds
+        records = jsonl(tmp_path / f"{row['setting']}_quick" / "results.jsonl")
+        mine = [r for r in records if r["augment"] == row["augment"] and sweep_study.shape_label(r["hidden"]) == row["network"]]
+        assert row["runs"] == len(mine) >= 1
+        assert row["test_accuracy_mean"] == pytest.approx(np.mean([r["test_accuracy"] for r in mine]))
+        assert len(row["error_curve"]) == row["epochs"] == 2
+    assert len(sweep_study.read_csv(tmp_path / "best_mlp.csv")) == len(rows)
+    assert_png(tmp_path / "best_mlp.png")
