@@ -116,6 +116,31 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> Path:
     return common.save_figure(fig, path)
 
 
+def augmentation_figure(data: jd.Dataset, path: Path, count: int = 8) -> Path:
+    """The first ``count`` training digits, then each under the affine and the
+    elastic distortion the settings use, as the compiled epoch draws them (two draws each)."""
+    import jax
+
+    from jaxdigits import training
+
+    rows = [("original", data.train_images[:count])]
+    for augment, strengths in (("affine", {}), ("elastic", dict(elastic_alpha=34.0, elastic_sigma=4.0, **NO_AFFINE))):
+        config = jd.TrainConfig(augment=augment, **strengths)
+        for draw in range(2):
+            key = jax.random.PRNGKey(draw)
+            rows.append((f"{augment} {draw + 1}", np.asarray(training.augment_batch(config, key, data.train_images[:count]))))
+    plt = common.pyplot()
+    fig, axes = plt.subplots(len(rows), count, figsize=(count * 0.9, len(rows) * 0.95))
+    for r, (label, images) in enumerate(rows):
+        for c in range(count):
+            axes[r, c].imshow(images[c].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    fig.suptitle("affine: rotation 10°, scale 10 %, shear 10°, shift 2 px; elastic: alpha 34, sigma 4", fontsize=8)
+    return common.save_figure(fig, path)
+
+
 def study(args: argparse.Namespace) -> dict:
     data = common.load_data(args.data_dir)
     if args.quick:
@@ -131,6 +156,7 @@ def study(args: argparse.Namespace) -> dict:
         commands[name] = shlex.join(["python", "experiments/best_mlp.py", "--out", str(args.out), "--only", name]
                                     + (["--quick"] if args.quick else []))
     sweep_study.write_csv(args.out / f"{NAME}.csv", rows, COLUMNS)
+    augmentation_figure(data, args.out / "augmented_digits.png")
     env = environment_info()
     hardware = f"{env['platform']} ({env['device_kind']}, {platform.machine()}), {env['devices']} devices"
     plot(rows, args.out / f"{NAME}.png", "Test error of plain MLPs on MNIST" + (" [quick]" if args.quick else ""))

@@ -122,3 +122,4 @@ def test_best_mlp_quick_runs_every_setting_with_and_without_augmentation(mnist_d
         assert len(row["error_curve"]) == row["epochs"] == 2
     assert len(sweep_study.read_csv(tmp_path / "best_mlp.csv")) == len(rows)
     assert_png(tmp_path / "best_mlp.png")
+    assert_png(tmp_path / "augmented_digits.png")
