@@ -181,7 +181,8 @@ def network_from_tensors(tensors: dict[str, np.ndarray], spec: Any, path: Path, 
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the recorded network is unreadable ({exc})") from None
     if dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise CheckpointError(f"{path}: holds float64 params; call jax.config.update('jax_enable_x64', True) first")
+        raise CheckpointError(f"{path}: holds float64 params; set JAX_ENABLE_X64=1 in the environment (or call "
+                              "jax.config.update('jax_enable_x64', True) first)")
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layer = {}

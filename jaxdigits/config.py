@@ -152,7 +152,7 @@ def _number(name: str, setting: Setting, value: Any, text: bool) -> int | float:
     if low is not None and (value <= low if setting.above else value < low):
         raise ConfigError(f"{name}: {value} must be {'>' if setting.above else '>='} {low:g}")
     if high is not None and value > high:
-        raise ConfigError(f"{name}: {value} must be at most {high:g}")
+        raise ConfigError(f"{name}: {value} must be at most {int(high) if integer else f'{high:g}'}")
     return value
 
 

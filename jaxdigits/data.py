@@ -37,6 +37,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK = 1 << 18
 
 
+class DataWarning(UserWarning):
+    """Data that loads but is not what its name says, or looks wrong."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """Train and test splits: images ``(N, inputs) float`` (MNIST: ``(N, 784) float32`` in [0, 1])
@@ -77,6 +81,14 @@ class Dataset:
                 f"train images have {arrays['train_images'].shape[1]} inputs, test images "
                 f"{arrays['test_images'].shape[1]}; both splits need the same input size"
             )
+        for split in ("train", "test"):
+            if not np.isfinite(arrays[f"{split}_images"]).all():
+                raise DataError(f"{split}_images: hold NaN or infinite values; every pixel must be a finite number")
+        beyond = arrays["test_labels"][arrays["test_labels"] > arrays["train_labels"].max()]
+        if self.num_classes is None and len(beyond):
+            warnings.warn(f"test_labels: classes up to {int(beyond.max())} lie beyond every training class "
+                          f"(up to {int(arrays['train_labels'].max())}); pass num_classes= to say how many there are",
+                          DataWarning, stacklevel=3)
         labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
         classes = self.num_classes if self.num_classes is not None else int(labels.max()) + 1
         if int(labels.min()) < 0 or int(labels.max()) >= classes or classes < 2:
@@ -241,10 +253,6 @@ KNOWN_TRAIN_LABELS = {
     "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13": "mnist",
     "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7": "fashion_mnist",
 }
-
-
-class DataWarning(UserWarning):
-    """Data that loads but is not what its name says."""
 
 
 def recognise(labels: np.ndarray) -> str | None:

@@ -261,20 +261,31 @@ def read_regular_file(path: str | os.PathLike, what: str, error: type[JaxdigitsE
 # --- claiming an --out folder -----------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (``/proc/PID/stat`` field 22), or ``None`` where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, started: str | None = None) -> bool:
+    """Whether the process that wrote a lock still runs: ``pid`` exists and, where its start time
+    was recorded, started then (a pid reused after a reboot is not the lock's owner)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started is None or _process_start(pid) in (None, started)
 
 
 class FolderLock:
-    """``path/.jaxdigits.lock``, created exclusively with this process's pid; released on exit.
-
-    A lock whose process is gone (a run killed with ``kill -9``) is stale and taken over.
+    """``path/.jaxdigits.lock``, created exclusively with this process's pid and start time;
+    released on exit. A lock whose process is gone (a run killed with ``kill -9``, or a pid reused
+    since) is stale and taken over.
     """
 
     def __init__(self, folder: Path):
@@ -282,31 +293,39 @@ class FolderLock:
         self.held = False
 
     def acquire(self) -> None:
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and _pid_alive(owner):
-                    raise RunFolderError(
-                        f"{self.path.parent} is in use by another jaxdigits process (pid {owner}); "
-                        "wait for it to finish or give another --out"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except OSError as exc:
-                raise RunFolderError(f"{self.path.parent}: cannot use as --out ({exc.strerror or exc})") from None
+        # The lock appears whole or not at all: its content goes to a temporary file that is then
+        # hard-linked to the lock's name (which fails if the name exists), so no reader ever sees
+        # an empty lock and takes it for a stale one.
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=temporary_prefix(LOCK_FILE), suffix=".tmp")
+        try:
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return
+                f.write(f"{os.getpid()} {_process_start(os.getpid()) or ''}".strip())
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    owner, started = self._owner()
+                    if owner is not None and owner != os.getpid() and _pid_alive(owner, started):
+                        raise RunFolderError(
+                            f"{self.path.parent} is in use by another jaxdigits process (pid {owner}); wait for it to "
+                            f"finish or give another --out (if no such run is going on, delete {self.path})"
+                        ) from None
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                self.held = True
+                return
+        except OSError as exc:
+            raise RunFolderError(f"{self.path.parent}: cannot use as --out ({exc.strerror or exc})") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
         raise RunFolderError(f"{self.path.parent}: could not claim the folder; try again")
 
-    def _owner(self) -> int | None:
+    def _owner(self) -> tuple[int | None, str | None]:
         try:
-            return int(self.path.read_text().strip() or "0") or None
+            fields = self.path.read_text().split()
+            return (int(fields[0]) or None if fields else None), (fields[1] if len(fields) > 1 else None)
         except (OSError, ValueError):
-            return None
+            return None, None
 
     def release(self) -> None:
         if self.held:

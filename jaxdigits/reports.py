@@ -853,9 +853,15 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     """
     from jaxdigits.sweep_folder import RESULTS_FILE, ResultsWarning, SweepFolder, read_results
 
+    from jaxdigits.files import folder_kind
+
     folder = Path(sweep_dir)
     if not folder.is_dir():
         raise RunFolderError(f"{folder}: no such sweep folder; give the --out folder of a `jaxdigits sweep`")
+    if folder_kind(folder) == "run":
+        raise RunFolderError(f"{folder} holds a training run, not a sweep; use `jaxdigits report` for it")
+    if out_dir is not None and Path(out_dir).is_dir() and folder_kind(Path(out_dir)) is not None:
+        raise RunFolderError(f"{out_dir} holds a training run or a sweep; give the report a folder of its own")
     records, problems = read_results(folder / RESULTS_FILE)
     for problem in problems:
         warnings.warn(problem, ResultsWarning, stacklevel=2)

@@ -74,7 +74,8 @@ def run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
 def check_dtype(config: TrainConfig) -> None:
     """float64 needs JAX's 64-bit mode; refuse it at the start rather than train in float32."""
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ConfigError("dtype float64 needs jax.config.update('jax_enable_x64', True) before anything runs")
+        raise ConfigError("dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 in the environment (or call "
+                          "jax.config.update('jax_enable_x64', True) before anything runs)")
 
 
 def init_state(
