@@ -61,7 +61,7 @@ SETTINGS = {
 QUICK = {"num_train": 2000, "num_test": 500, "epochs": 2, "seeds": [0], "hidden": {"lesson": [(16, 16)],
                                                                                "no_augment": [(64, 64)], "elastic": [(64,)],
                                                                                "elastic_long": [(64,)]}}
-COLUMNS = ("setting", "network", "augment", "options", "runs", "test_accuracy_mean", "test_accuracy_std",
+COLUMNS = ("setting", "network", "augment", "lr", "options", "runs", "test_accuracy_mean", "test_accuracy_std",
            "test_accuracy_max", "epochs", "wall_seconds")
 
 
@@ -87,7 +87,7 @@ def rows_for(name: str, records: list[dict], grid: jd.SweepGrid) -> list[dict]:
     for row in jd.aggregate(records, by=by):
         mine = [r for r in records if all(r[k] == row[k] for k in by)]
         rows.append({
-            "setting": name, "network": sweep_study.shape_label(row["hidden"]), "augment": row["augment"],
+            "setting": name, "network": sweep_study.shape_label(row["hidden"]), "augment": row["augment"], "lr": row["lr"],
             "options": options_label(mine[0], grid), "runs": row["runs"],
             "test_accuracy_mean": row["test_accuracy_mean"], "test_accuracy_std": row["test_accuracy_std"],
             "test_accuracy_max": row["test_accuracy_max"], "epochs": row["epochs"],
@@ -104,8 +104,8 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> Path:
         curve = 100 * np.asarray(row["error_curve"])
         style = "-" if row["augment"] == "none" else "--"
         label = f"{row['setting']}: {row['network']}" + (f", {row['augment']}" if row["augment"] != "none" else "")
-        if row["options"].count("l2=") and "l2=0.0" not in row["options"]:
-            label += ", l2"
+        if sum(other["setting"] == row["setting"] and other["augment"] == row["augment"] for other in rows) > 1:
+            label += f", lr {row['lr']:g}"
         ax.plot(range(1, len(curve) + 1), curve, style, label=f"{label} ({100 - curve[-1]:.2f} %)")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
