@@ -42,7 +42,11 @@ import numpy as np
 import jaxdigits as jd
 from jaxdigits.data import DATA_DIR_ENV, load_idx_folder
 from jaxdigits.files import write_json
+from jaxdigits import training
 from jaxdigits.records import sizes_label
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import epoch_speed  # noqa: E402
 
 RATES = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 LESSON = jd.TrainConfig(hidden=(16, 16), activation="sigmoid", cost="quadratic", optimizer="sgd", lr=3.0, batch_size=10)
@@ -104,21 +108,13 @@ def matmul_precision(device: jax.Device) -> dict:
 
 
 def single_model_epoch(data: jd.Dataset, repeats: int) -> dict:
-    """``make_epoch`` of the lesson's network compiled ahead of time, then timed over the data."""
+    """``make_epoch`` of the lesson's network compiled ahead of time, then timed over the data
+    (kept on the device as ``train`` keeps it: uint8 pixels)."""
     config = LESSON
-    images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
+    images = jax.device_put(training.device_images(data.train_images, config.dtype))
+    labels = jax.device_put(data.train_labels)
     state = jd.init_state(config, jd.run_keys(0)[0], data.inputs, data.num_classes)
-    key = jax.random.PRNGKey(0)
-    start = time.perf_counter()
-    epoch = jax.jit(jd.make_epoch(config)).lower(state, key, images, labels).compile()
-    compile_seconds = time.perf_counter() - start
-    jax.block_until_ready(epoch(state, key, images, labels))  # a first run, untimed
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        state, cost = epoch(state, jax.random.fold_in(key, i), images, labels)
-        jax.block_until_ready(cost)
-        times.append(time.perf_counter() - start)
+    times, compile_seconds = epoch_speed.time_epochs(jd.make_epoch(config), state, images, labels, repeats)
     return {"network": sizes_label(config.hidden), "batch_size": config.batch_size,
             "steps_per_epoch": len(data.train_images) // config.batch_size, "epoch_seconds": statistics.median(times),
             "epoch_seconds_all": times, "compile_seconds": compile_seconds}

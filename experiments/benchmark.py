@@ -131,7 +131,6 @@ def time_torch(configs: Sequence[jd.TrainConfig], data: jd.Dataset) -> dict:
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     start = time.perf_counter()
     config = configs[0]
-    sizes = (data.inputs, *config.hidden, data.num_classes)
 
     def module(params: jd.Network) -> nn.Module:
         layers = []

@@ -46,10 +46,12 @@ def reference_epoch(params, key, images, labels, learning_rate=3.0, batch_size=1
     return params, jnp.mean(costs)
 
 
-def seconds_per_epoch(epoch, state, images, labels, repeats: int) -> float:
-    """Median wall time of ``repeats`` compiled epochs (compile excluded)."""
+def time_epochs(epoch, state, images, labels, repeats: int) -> tuple[list[float], float]:
+    """``(seconds of each of repeats compiled epochs, seconds compiling)``; a first run is untimed."""
     key = jax.random.PRNGKey(0)
+    start = time.perf_counter()
     compiled = jax.jit(epoch).lower(state, key, images, labels).compile()
+    compile_seconds = time.perf_counter() - start
     jax.block_until_ready(compiled(state, key, images, labels))
     times = []
     for i in range(repeats):
@@ -57,7 +59,12 @@ def seconds_per_epoch(epoch, state, images, labels, repeats: int) -> float:
         state, cost = compiled(state, jax.random.fold_in(key, i), images, labels)
         jax.block_until_ready(cost)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times, compile_seconds
+
+
+def seconds_per_epoch(epoch, state, images, labels, repeats: int) -> float:
+    """Median wall time of ``repeats`` compiled epochs (compile excluded)."""
+    return statistics.median(time_epochs(epoch, state, images, labels, repeats)[0])
 
 
 def main(argv=None) -> int:
