@@ -23,10 +23,10 @@ epoch); "compile excluded" (``training_only_*`` in the JSON) leaves out the comp
 PyTorch, building the ensemble, and its final evaluation). Several configurations are trained one
 after another (``--sequential``, default all of them) and their rate stands for the rest.
 
-    python experiments/benchmark.py --data-dir ../shared/mnist
-    python experiments/benchmark.py --data-dir ../shared/mnist --configs 256 --sequential 16   # a GPU
-    python experiments/benchmark.py --data-dir ../shared/mnist --peer torch
-    python experiments/benchmark.py --data-dir ../shared/mnist --scaling 64 256 1024 --epochs 1
+    python experiments/benchmark.py --data-dir path/to/mnist
+    python experiments/benchmark.py --data-dir path/to/mnist --configs 256 --sequential 16   # a GPU
+    python experiments/benchmark.py --data-dir path/to/mnist --peer torch
+    python experiments/benchmark.py --data-dir path/to/mnist --scaling 64 256 1024 --epochs 1
 """
 
 from __future__ import annotations

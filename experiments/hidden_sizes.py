@@ -12,7 +12,7 @@ each, trained together as one ``jaxdigits.sweep``. Writes:
                        shown; and training against test error (the generalisation gap)
     sweep/             the sweep's results.jsonl (resumable: run the study again to continue)
 
-    python experiments/hidden_sizes.py --out results/hidden_sizes --data-dir ../shared/mnist
+    python experiments/hidden_sizes.py --out results/hidden_sizes --data-dir path/to/mnist
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ The lesson's setup (sigmoid, quadratic cost, SGD, batch 10) at nine learning rat
                          the best rate and a rate too large
     sweep/               the sweep's results.jsonl (resumable: run the study again to continue)
 
-    python experiments/learning_rates.py --out results/learning_rates --data-dir ../shared/mnist
+    python experiments/learning_rates.py --out results/learning_rates --data-dir path/to/mnist
 """
 
 from __future__ import annotations

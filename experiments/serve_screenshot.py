@@ -1,7 +1,7 @@
 """The README's picture of the live page: a digit drawn with a few pen strokes, a first-layer
 neuron under the pointer, in headless Chromium at 1200x800.
 
-    python experiments/serve_screenshot.py --run runs/lesson --data-dir ../shared/mnist --out docs/figures/serve.png
+    python experiments/serve_screenshot.py --run runs/lesson --data-dir path/to/mnist --out docs/figures/serve.png
 
 Needs Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``) and selenium.
 """
