@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jaxdigits as jd
+from jaxdigits.records import sizes_label as shape_label  # noqa: F401  (``784-16-16-10`` for hidden [16, 16])
 
 
 def add_sweep_flags(parser: argparse.ArgumentParser, seeds: int, epochs: int) -> None:
@@ -63,11 +64,6 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a CSV written by ``write_csv``, as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def shape_label(hidden: Sequence[int]) -> str:
-    """``784-16-16-10`` for hidden widths ``[16, 16]``."""
-    return "-".join(str(s) for s in (784, *hidden, 10))
 
 
 def best_record(records: Sequence[dict]) -> dict:
