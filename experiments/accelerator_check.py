@@ -42,7 +42,7 @@ import numpy as np
 import jaxdigits as jd
 from jaxdigits.data import DATA_DIR_ENV, load_idx_folder
 from jaxdigits.files import write_json
-from jaxdigits import training
+from jaxdigits.core import epoch as epoch_module
 from jaxdigits.records import sizes_label
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -111,11 +111,11 @@ def single_model_epoch(data: jd.Dataset, repeats: int) -> dict:
     """``make_epoch`` of the lesson's network compiled ahead of time, then timed over the data
     (kept on the device as ``train`` keeps it: uint8 pixels)."""
     config = LESSON
-    images = jax.device_put(training.device_images(data.train_images, config.dtype))
+    images = jax.device_put(epoch_module.device_images(data.train_images, config.dtype))
     labels = jax.device_put(data.train_labels)
     state = jd.init_state(config, jd.run_keys(0)[0], data.inputs, data.num_classes)
     times, compile_seconds = epoch_speed.time_epochs(jd.make_epoch(config), state, images, labels, repeats)
-    return {"network": sizes_label(config.hidden), "batch_size": config.batch_size,
+    return {"network": sizes_label(config.hidden, 784, 10), "batch_size": config.batch_size,
             "steps_per_epoch": len(data.train_images) // config.batch_size, "epoch_seconds": statistics.median(times),
             "epoch_seconds_all": times, "compile_seconds": compile_seconds}
 
@@ -148,7 +148,7 @@ def cpu_agreement(data: jd.Dataset, epochs: int) -> dict:
         leaf = jax.tree_util.tree_leaves(result.params)[0]
         results[name] = {"device": str(next(iter(leaf.devices()))), "test_accuracy": result.record["test_accuracy"],
                          "train_cost": result.record["train_cost"], "status": result.status}
-    return {"config": {"network": sizes_label(config.hidden), "lr": config.lr, "batch_size": config.batch_size,
+    return {"config": {"network": sizes_label(config.hidden, 784, 10), "lr": config.lr, "batch_size": config.batch_size,
                        "seed": config.seed, "epochs": epochs},
             **results,
             "test_accuracy_difference": results["accelerator"]["test_accuracy"] - results["cpu"]["test_accuracy"],
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = jd.Dataset(data.train_images[:1000], data.train_labels[:1000], data.test_images[:500], data.test_labels[:500])
     report = {"quick": args.quick, "jax_version": jax.__version__, "device": device_info(),
               "data": {"train_images": len(data.train_images), "test_images": len(data.test_images)},
-              "target": {**TARGET, "network": sizes_label(LESSON.hidden), "batch_size": LESSON.batch_size}}
+              "target": {**TARGET, "network": sizes_label(LESSON.hidden, 784, 10), "batch_size": LESSON.batch_size}}
 
     def save(stage: str) -> None:
         report["total_seconds"] = time.perf_counter() - started

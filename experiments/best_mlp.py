@@ -121,14 +121,14 @@ def augmentation_figure(data: jd.Dataset, path: Path, count: int = 8) -> Path:
     elastic distortion the settings use, as the compiled epoch draws them (two draws each)."""
     import jax
 
-    from jaxdigits import training
+    from jaxdigits.core import epoch as epoch_module
 
     rows = [("original", data.train_images[:count])]
     for augment, strengths in (("affine", {}), ("elastic", dict(elastic_alpha=34.0, elastic_sigma=4.0, **NO_AFFINE))):
         config = jd.TrainConfig(augment=augment, **strengths)
         for draw in range(2):
             key = jax.random.PRNGKey(draw)
-            rows.append((f"{augment} {draw + 1}", np.asarray(training.augment_batch(config, key, data.train_images[:count]))))
+            rows.append((f"{augment} {draw + 1}", np.asarray(epoch_module.augment_batch(config, key, data.train_images[:count]))))
     plt = common.pyplot()
     fig, axes = plt.subplots(len(rows), count, figsize=(count * 0.9, len(rows) * 0.95))
     for r, (label, images) in enumerate(rows):

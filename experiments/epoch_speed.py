@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxdigits as jd
-from jaxdigits import training
+from jaxdigits.core import epoch as epoch_module
 
 
 def reference_epoch(params, key, images, labels, learning_rate=3.0, batch_size=10):
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     except jd.JaxdigitsError as exc:
         print(f"epoch_speed: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    pixels = jax.device_put(training.device_images(data.train_images, "float32"))  # uint8, as train keeps them
+    pixels = jax.device_put(epoch_module.device_images(data.train_images, "float32"))  # uint8, as train keeps them
     images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
     config = jd.TrainConfig()
     state = jd.init_state(config, jd.run_keys(0)[0], data.inputs, data.num_classes)

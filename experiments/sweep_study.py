@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jaxdigits as jd
-from jaxdigits.records import sizes_label as shape_label  # noqa: F401  (``784-16-16-10`` for hidden [16, 16])
+from jaxdigits.records import sizes_label
 
 
 def add_sweep_flags(parser: argparse.ArgumentParser, seeds: int, epochs: int) -> None:
@@ -70,3 +70,8 @@ def best_record(records: Sequence[dict]) -> dict:
     """The record with the highest final test accuracy (ties: the first)."""
     finished = [r for r in records if r.get("test_accuracy") is not None]
     return max(finished, key=lambda r: r["test_accuracy"])
+
+
+def shape_label(hidden) -> str:
+    """``784-16-16-10`` for hidden widths ``[16, 16]``: the studies here are on MNIST."""
+    return sizes_label(hidden, 784, 10)

@@ -5,33 +5,50 @@
     network = jd.init_mlp(jax.random.PRNGKey(0))
     grads = jax.grad(jd.quadratic_cost)(network, data.train_images[:10], data.train_labels[:10])
 
-The modules: ``model`` (the network), ``costs``, ``optimizers``, ``config`` (the run schema and
-sweep grids), ``data``, ``training`` (step, epoch, ``train``), ``sweeps``, ``records`` (one
-record per run), ``reports`` (what a network gets wrong, what a sweep found), ``checkpoint``,
-``sweep_folder``, ``files``, ``cli``.
+Two layers. ``jaxdigits.core`` is pure (jax, optax, numpy): ``model`` (the network), ``costs``,
+``optimizers``, ``transforms``, ``config`` (the run schema and sweep grids), ``dataset``,
+``epoch`` (step, epoch, ``make_train``), ``group`` (configurations under ``vmap``), ``metrics``.
+The application shell calls into it: ``driver`` (the one training loop), ``training``
+(``train``), ``sweeps`` (``sweep``), ``devices``, ``run_folder``, ``sweep_folder``,
+``checkpoint``, ``records``, ``data`` (MNIST files), ``images`` (PNG digits), ``loader``,
+``reports``, ``serve``, ``cli``.
 """
 
-from jaxdigits.checkpoint import load_params, save_params
-from jaxdigits.config import FIELDS, SweepGrid, TrainConfig, load_grid, program_key
-from jaxdigits.costs import COSTS, Cost, CrossEntropyCost, QuadraticCost, cross_entropy_cost, l2_penalty, make_objective, quadratic_cost
-from jaxdigits.data import Dataset, frame_digit, load_digit_image, load_mnist, read_idx
-from jaxdigits.errors import CheckpointError, ConfigError, DataError, InputError, JaxdigitsError, RunFolderError
-from jaxdigits.model import LESSON_SIZES, Network, accuracy, forward, init_mlp, layer_activations, predict
-from jaxdigits.optimizers import OPTIMIZERS, make_optimizer
-from jaxdigits.records import aggregate, format_table, run_record, run_status
-from jaxdigits.reports import report, sweep_report
-from jaxdigits.sweep_folder import ResultsWarning, read_results
-from jaxdigits.sweeps import SweepResult, sweep, use_cpu_cores
-from jaxdigits.training import (StalledWarning, TrainResult, TrainState, batch_order, evaluate, init_state, make_epoch,
-                                make_guarded_epoch, make_step, run_keys, train)
+import importlib
+from typing import Any
 
-__all__ = [
-    "COSTS", "CheckpointError", "ConfigError", "Cost", "CrossEntropyCost", "DataError", "Dataset", "FIELDS",
-    "InputError", "JaxdigitsError", "LESSON_SIZES", "Network", "OPTIMIZERS", "QuadraticCost", "ResultsWarning",
-    "RunFolderError", "StalledWarning", "SweepGrid", "SweepResult", "TrainConfig", "TrainResult", "TrainState",
-    "accuracy", "aggregate", "batch_order", "cross_entropy_cost", "evaluate", "format_table", "forward",
-    "frame_digit", "init_mlp", "init_state", "l2_penalty", "layer_activations", "load_digit_image", "load_grid",
-    "load_mnist", "load_params", "make_epoch", "make_guarded_epoch", "make_objective", "make_optimizer",
-    "make_step", "predict", "program_key", "quadratic_cost", "read_idx", "read_results", "report", "run_keys", "run_record",
-    "run_status", "save_params", "sweep", "sweep_report", "train", "use_cpu_cores",
-]
+# Each public name and the module that defines it. They are imported when first used, so that
+# importing the pure core (``jaxdigits.core.epoch``, say) loads the core alone.
+_PUBLIC = {
+    **dict.fromkeys(('load_params', 'save_params'), "jaxdigits.checkpoint"),
+    **dict.fromkeys(('FIELDS', 'SweepGrid', 'TrainConfig', 'program_key'), "jaxdigits.core.config"),
+    **dict.fromkeys(('COSTS', 'Cost', 'CrossEntropyCost', 'QuadraticCost', 'cross_entropy_cost', 'l2_penalty', 'make_objective', 'quadratic_cost'), "jaxdigits.core.costs"),
+    **dict.fromkeys(('Dataset',), "jaxdigits.core.dataset"),
+    **dict.fromkeys(('TrainState', 'batch_order', 'init_state', 'make_epoch', 'make_guarded_epoch', 'make_step', 'make_train', 'run_keys'), "jaxdigits.core.epoch"),
+    **dict.fromkeys(('CheckpointError', 'ConfigError', 'DataError', 'InputError', 'JaxdigitsError', 'RunFolderError'), "jaxdigits.core.errors"),
+    **dict.fromkeys(('evaluate', 'run_status'), "jaxdigits.core.metrics"),
+    **dict.fromkeys(('LESSON_SIZES', 'Network', 'accuracy', 'forward', 'init_mlp', 'layer_activations', 'predict'), "jaxdigits.core.model"),
+    **dict.fromkeys(('OPTIMIZERS', 'make_optimizer'), "jaxdigits.core.optimizers"),
+    **dict.fromkeys(('load_mnist', 'read_idx'), "jaxdigits.data"),
+    **dict.fromkeys(('use_cpu_cores',), "jaxdigits.devices"),
+    **dict.fromkeys(('frame_digit', 'load_digit_image'), "jaxdigits.images"),
+    **dict.fromkeys(('load_run',), "jaxdigits.loader"),
+    **dict.fromkeys(('aggregate', 'format_table', 'run_record'), "jaxdigits.records"),
+    **dict.fromkeys(('report', 'sweep_report'), "jaxdigits.reports"),
+    **dict.fromkeys(('ResultsWarning', 'read_results'), "jaxdigits.sweep_folder"),
+    **dict.fromkeys(('SweepResult', 'load_grid', 'sweep'), "jaxdigits.sweeps"),
+    **dict.fromkeys(('StalledWarning', 'TrainResult', 'train'), "jaxdigits.training"),
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'jaxdigits' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

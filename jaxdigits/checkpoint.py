@@ -1,18 +1,10 @@
-"""Checkpoints and run folders: safetensors arrays + JSON, written atomically, loaded with checks.
+"""Checkpoints: safetensors arrays + JSON, written atomically, loaded with checks.
 
 No pickle anywhere. Every array file records a format name and version, the network it holds
 (sizes, activation, output function, dtype) and a SHA-256 of its tensors and metadata; loading
 checks all of them and the array names, shapes and dtypes, so a truncated, corrupted or
 mismatched file is refused with one clear ``CheckpointError``, and a loaded network computes as
 it was trained.
-
-A run folder (``--out``) holds:
-    params.safetensors       final network (self-describing: network and config inside)
-    run.json                 the run's record: config fields, status, final metrics, curves,
-                             data, library versions, device (the same record a sweep writes)
-    history.json             one record per epoch
-    checkpoint.safetensors   params, optimizer state, RNG key, epoch and history after the last
-                             complete epoch, for ``--resume``
 """
 
 from __future__ import annotations
@@ -27,11 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdigits.config import TrainConfig
-from jaxdigits.errors import CheckpointError, ConfigError, InputError, RunFolderError
-from jaxdigits.files import (RUN_MARKERS, check_regular_file, claim_folder, environment_info, interrupts_deferred, json_safe,
-                             open_regular_file, write_atomic, write_json)
-from jaxdigits.model import Network
+from jaxdigits.core.errors import CheckpointError, ConfigError, InputError
+from jaxdigits.files import RUN_MARKERS, check_regular_file, json_safe, open_regular_file, write_atomic
+from jaxdigits.core.model import Network
 
 FORMAT_VERSION = 2
 PARAMS_FORMAT = "jaxdigits-params"
@@ -230,137 +220,3 @@ def load_params(path: str | os.PathLike) -> tuple[Network, dict[str, Any]]:
     path = resolve_params_path(path)
     tensors, info = load_arrays(path, PARAMS_FORMAT)
     return network_from_tensors(tensors, info.get("network"), path), info
-
-
-def run_data(network: Network, info: dict[str, Any], data_dir: str | os.PathLike | None = None):
-    """The data set a saved network was trained on (``info["config"]["dataset"]``, default
-    ``mnist``) from ``data_dir`` (see ``load_mnist``), refused in one line when it does not fit
-    the network's input and output sizes."""
-    from jaxdigits.data import load_mnist
-
-    dataset = (info.get("config") or {}).get("dataset", "mnist")
-    data = load_mnist(data_dir, dataset)
-    if data.name != dataset:
-        raise ConfigError(f"the network was trained on {dataset} and these files are {data.name}; "
-                          f"give --data-dir a folder with {dataset}")
-    if data.inputs != network.sizes[0] or data.num_classes != network.sizes[-1]:
-        raise ConfigError(f"the network takes {network.sizes[0]} inputs and {network.sizes[-1]} classes; "
-                          f"{dataset} has {data.inputs} and {data.num_classes}")
-    return data
-
-
-def _differences(saved: dict, given: dict) -> list[str]:
-    """What differs; more epochs may be asked for unless a schedule spans the run's epochs."""
-    free = ("epochs",) if given.get("schedule", "constant") == "constant" else ()
-    return [f"{k} {saved.get(k)} (saved) vs {given[k]}" for k in given if k not in free and saved.get(k) != given[k]]
-
-
-class RunFolder:
-    """The ``--out`` folder of one training run: claims it, checkpoints into it, resumes from it."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.lock = None
-
-    def claim(self, resume: bool = False, overwrite: bool = False) -> None:
-        """Lock the folder for this process and make it ready: a folder holding a run is resumed
-        with ``resume``, replaced with ``overwrite`` (only the run's own files), refused otherwise."""
-        self.lock = claim_folder(self.path, "run", RUN_FILES, resume=resume, overwrite=overwrite)
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-
-    def saved_config(self) -> dict | None:
-        """The config fields of the run to resume, or None when the folder holds no checkpoint."""
-        path = self.path / CHECKPOINT_FILE
-        if not path.is_file():
-            return None
-        config = load_arrays(path, TRAINING_FORMAT)[1].get("config")
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{path}: the recorded config is unreadable")
-        return config
-
-    def completed_epochs(self) -> int:
-        """How many epochs the resume checkpoint holds (0 when there is none)."""
-        path = self.path / CHECKPOINT_FILE
-        return int(load_arrays(path, TRAINING_FORMAT)[1].get("epoch", 0)) if path.is_file() else 0
-
-    def save_training(self, config: TrainConfig, state, history: list[dict], data_info: dict) -> None:
-        """Atomically checkpoint everything needed to resume after the last complete epoch.
-
-        The checkpoint and ``history.json`` are written with Ctrl-C and SIGTERM held off, so both
-        always describe the same epoch.
-        """
-        tensors = params_to_tensors(state.params)
-        tensors.update({f"opt_state.{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree_util.tree_leaves(state.opt_state))})
-        tensors["rng.seed_key"] = np.asarray(jax.random.PRNGKey(config.seed))
-        info = {
-            "config": config.to_dict(), "network": network_spec(state.params), "epoch": len(history),
-            "history": history, "data": data_info, "environment": environment_info(),
-        }
-        with interrupts_deferred():
-            save_arrays(self.path / CHECKPOINT_FILE, tensors, TRAINING_FORMAT, info)
-            write_json(self.path / HISTORY_FILE, history)
-
-    def load_training(self, config: TrainConfig, template, data_info: dict) -> tuple[Any, list[dict]]:
-        """``(state, history)`` from the checkpoint; ``template`` is a fresh state of the same config.
-
-        Refuses a checkpoint of another config (epochs aside) or of other data.
-        """
-        path = self.path / CHECKPOINT_FILE
-        if not path.is_file():
-            if any((self.path / name).exists() for name in RUN_FILES):
-                raise RunFolderError(f"{self.path} holds a run but no {CHECKPOINT_FILE} to resume from; "
-                                     "pass --overwrite to start it over")
-            raise RunFolderError(f"{self.path}: no run to resume; run without --resume to start one")
-        tensors, info = load_arrays(path, TRAINING_FORMAT)
-        saved = info.get("config")
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{path}: the recorded config is unreadable")
-        differences = _differences(saved, config.to_dict())
-        if differences:
-            raise ConfigError(
-                f"--resume with a different config ({'; '.join(differences)}); drop those flags or use a new --out"
-            )
-        saved_data = info.get("data")
-        if isinstance(saved_data, dict) and saved_data.get("sha256") != data_info.get("sha256"):
-            raise ConfigError(
-                f"--resume with different data: the run trained on {saved_data.get('train_examples')} "
-                f"training images with sha256 {str(saved_data.get('sha256'))[:12]}, these are "
-                f"{data_info['train_examples']} with {data_info['sha256'][:12]}; "
-                "use the run's --data-dir or a new --out"
-            )
-        if not np.array_equal(tensors.get("rng.seed_key"), np.asarray(jax.random.PRNGKey(config.seed))):
-            raise CheckpointError(f"{path}: RNG key does not match seed {config.seed}")
-        network = network_from_tensors(tensors, info.get("network"), path)
-        if network_spec(network) != network_spec(template.params):
-            raise CheckpointError(f"{path}: the saved network {network_spec(network)} is not this config's")
-        leaves, treedef = jax.tree_util.tree_flatten(template.opt_state)
-        restored = []
-        for i, leaf in enumerate(leaves):
-            array = tensors.get(f"opt_state.{i}")
-            if array is None or array.shape != np.shape(leaf) or array.dtype != np.asarray(leaf).dtype:
-                raise CheckpointError(f"{path}: optimizer state does not match optimizer {config.to_dict()['optimizer']!r}")
-            restored.append(jnp.asarray(array))
-        history = info.get("history")
-        if (
-            not isinstance(history, list)
-            or len(history) != info.get("epoch")
-            or any(not isinstance(h, dict) or h.get("epoch") != i + 1 for i, h in enumerate(history))
-        ):
-            raise CheckpointError(f"{path}: history does not match the recorded epoch")
-        if len(history) > config.epochs:
-            raise ConfigError(
-                f"the run in {self.path} has already completed {len(history)} epochs, more than "
-                f"--epochs {config.epochs}; pass --epochs {len(history)} or more"
-            )
-        return type(template)(network, jax.tree_util.tree_unflatten(treedef, restored)), history
-
-    def save_result(self, network: Network, record: dict, history: list[dict]) -> None:
-        """Write the final network, ``run.json`` (the run's record) and ``history.json``."""
-        config = {name: record[name] for name in TrainConfig.__dataclass_fields__}
-        with interrupts_deferred():
-            save_params(self.path / PARAMS_FILE, network, {"config": config, "record": record})
-            write_json(self.path / RUN_FILE, record)
-            write_json(self.path / HISTORY_FILE, history)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from jaxdigits.errors import ConfigError, JaxdigitsError
+from jaxdigits.core.errors import ConfigError, JaxdigitsError
 
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -25,7 +25,7 @@ def _flag(name: str) -> str:
 
 def _parsed(name: str):
     """An argparse type that checks a flag's text with the run schema's own coercion."""
-    from jaxdigits.config import coerce
+    from jaxdigits.core.config import coerce
 
     def parse(text: str):
         try:
@@ -39,7 +39,7 @@ def _parsed(name: str):
 def add_config_flags(parser: argparse.ArgumentParser, many: bool = False) -> None:
     """A flag per ``TrainConfig`` field (``--batch-size`` for ``batch_size``), Python-only fields
     aside; with ``many`` each takes one or more values (sweep axes). Unset flags stay ``None``."""
-    from jaxdigits.config import DEFAULTS, FIELDS, describe
+    from jaxdigits.core.config import DEFAULTS, FIELDS, describe
 
     for name, setting in FIELDS.items():
         if setting.kind == "function":
@@ -70,7 +70,7 @@ def _out_folder(text: str) -> Path:
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """The config fields given explicitly on the command line."""
-    from jaxdigits.config import FIELDS
+    from jaxdigits.core.config import FIELDS
 
     return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
 
@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from jaxdigits.checkpoint import RunFolder
-    from jaxdigits.config import TrainConfig
+    from jaxdigits.run_folder import RunFolder
+    from jaxdigits.core.config import TrainConfig
     from jaxdigits.training import train
 
     if args.resume and args.overwrite:
@@ -176,7 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _interrupted_message(args: argparse.Namespace) -> str:
     """The one line printed on Ctrl-C: what is kept and the command that resumes."""
-    from jaxdigits.checkpoint import RunFolder
+    from jaxdigits.run_folder import RunFolder
 
     if args.out is None:
         return "interrupted; nothing was saved (no --out given)"
@@ -193,11 +193,10 @@ def _interrupted_message(args: argparse.Namespace) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from jaxdigits.checkpoint import load_params, run_data
-    from jaxdigits.training import evaluate
+    from jaxdigits.core.metrics import evaluate
+    from jaxdigits.loader import load_run
 
-    network, info = load_params(args.checkpoint)
-    data = run_data(network, info, args.data_dir)
+    network, _, data, _ = load_run(args.checkpoint, data_dir=args.data_dir)
     acc = evaluate(network, data.test_images, data.test_labels)
     print(f"test accuracy {100 * acc:.2f}% ({data.name}, {len(data.test_labels)} images)")
     return 0
@@ -205,8 +204,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from jaxdigits.checkpoint import load_params
-    from jaxdigits.data import load_digit_image
-    from jaxdigits.model import predict
+    from jaxdigits.images import load_digit_image
+    from jaxdigits.core.model import predict
 
     network, _ = load_params(args.checkpoint)
     image = load_digit_image(args.image)
@@ -298,7 +297,8 @@ def _positive(flag: str, limit: int = 1 << 20):
 def sweep_grid(args: argparse.Namespace):
     """The grid: ``--grid``, else the sweep already in ``--out`` (to resume or grow it), else the
     defaults; with the axis flags given applied on top."""
-    from jaxdigits.config import SweepGrid, load_grid
+    from jaxdigits.core.config import SweepGrid
+    from jaxdigits.sweeps import load_grid
     from jaxdigits.sweep_folder import SweepFolder
 
     if args.grid is not None:
@@ -308,56 +308,16 @@ def sweep_grid(args: argparse.Namespace):
     return base.replace(**config_overrides(args))
 
 
-def join_cluster(args: argparse.Namespace) -> None:
-    """``jax.distributed.initialize`` with a bounded wait; SIGTERM ends the wait at once (nothing
-    is written yet), and a failure is one line."""
-    import jax
-
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        if args.coordinator and args.process_id:  # process 0 hosts the coordinator; the others first wait for it
-            _wait_for_coordinator(args.coordinator, args.timeout)
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                                   initialization_timeout=args.timeout)
-    except ConfigError:
-        raise
-    except Exception as exc:  # jax reports a missing cluster or a silent coordinator in several ways
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"--distributed: could not join a cluster within {args.timeout} s ({reason}); with no "
-                          "cluster manager give --coordinator HOST:PORT --num-processes N --process-id I") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _wait_for_coordinator(address: str, timeout: float) -> None:
-    """Wait until something listens at ``host:port`` (JAX's own wait ends in an abort, not an error)."""
-    import socket
-    import time
-
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--coordinator {address!r} is not HOST:PORT")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
-            return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise ConfigError(f"--distributed: no coordinator answered at {address} within {timeout} s "
-                                  f"({exc.strerror or exc}); start process 0 first, or raise --timeout") from None
-            time.sleep(0.5)
-
-
 def run_sweep(args: argparse.Namespace) -> int:
     import jax
 
-    from jaxdigits.records import format_table, sizes_label
+    from jaxdigits.devices import join_cluster, use_cpu_cores
+    from jaxdigits.records import format_table
     from jaxdigits.sweep_folder import SweepFolder
-    from jaxdigits.sweeps import sweep, use_cpu_cores
+    from jaxdigits.sweeps import sweep
 
     if args.distributed:
-        join_cluster(args)
+        join_cluster(args.coordinator, args.num_processes, args.process_id, args.timeout)
     elif args.coordinator or args.num_processes or args.process_id is not None:
         raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
     use_cpu_cores(args.cpu_devices)
@@ -380,17 +340,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if writer:
         print(format_table(result.records, limit=args.top))
-        finished = [r for r in result.records if r["status"] == "ok"]
-        summary = f"{len(result.records)} configurations ({result.trained} trained now, {result.resumed} from before"
-        for status in ("diverged", "stalled"):
-            count = sum(r["status"] == status for r in result.records)
-            summary += f", {count} {status}" if count else ""
-        summary += ")"
-        if finished:
-            best = max(finished, key=lambda r: r["test_accuracy"])
-            summary += (f"; best {sizes_label(best['hidden'])} lr {best['lr']:g} seed {best['seed']}: "
-                        f"test accuracy {100 * best['test_accuracy']:.2f}%")
-        print(summary + f"; results in {args.out / 'results.jsonl'}")
+        print(result.summary() + f"; results in {args.out / 'results.jsonl'}")
     return 0
 
 

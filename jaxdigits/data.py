@@ -7,7 +7,6 @@ names the file.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import os
 import warnings
@@ -16,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdigits.errors import DataError
+from jaxdigits.core.dataset import DATASETS, MNIST_SIDE as IMAGE_SIDE, DataWarning, Dataset
+from jaxdigits.core.errors import DataError
 from jaxdigits.files import check_regular_file, open_regular_file
 
 DATA_DIR_ENV = "JAXDIGITS_DATA_DIR"
-DATASETS = ("mnist", "fashion_mnist")
-IMAGE_SIDE = 28
 NUM_CLASSES = 10
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -35,92 +33,6 @@ _UBYTE_TYPE_CODE = 0x08
 _MAX_GZIP_RATIO = 1100
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK = 1 << 18
-
-
-class DataWarning(UserWarning):
-    """Data that loads but is not what its name says, or looks wrong."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """Train and test splits: images ``(N, inputs) float`` (MNIST: ``(N, 784) float32`` in [0, 1])
-    and labels ``(N,) int32`` in ``0..num_classes-1``; ``name`` is recorded with every run.
-
-    Any arrays of this form make a dataset: images of shape ``(N, H, W)`` are flattened, and
-    ``num_classes`` defaults to the largest label + 1. Shapes, dtypes and labels are checked
-    here, with one clear ``DataError`` for a problem. Iterating gives the four arrays.
-    """
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    name: str = "custom"
-    num_classes: int | None = None
-
-    def __post_init__(self):
-        arrays = {}
-        for split in ("train", "test"):
-            images = np.asarray(getattr(self, f"{split}_images"))
-            labels = np.asarray(getattr(self, f"{split}_labels"))
-            if images.ndim > 2:
-                images = images.reshape(len(images), -1)
-            if images.ndim != 2:
-                raise DataError(f"{split}_images: shape {images.shape}, expected (N, inputs)")
-            if not np.issubdtype(images.dtype, np.floating):
-                raise DataError(f"{split}_images: dtype {images.dtype}, expected floats (e.g. uint8 pixels / 255)")
-            if labels.ndim != 1 or len(labels) != len(images):
-                raise DataError(f"{split}_labels: shape {labels.shape}, expected ({len(images)},): one class per image")
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise DataError(f"{split}_labels: dtype {labels.dtype}, expected integer classes")
-            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.astype(np.int32, copy=False)
-        if len(arrays["train_images"]) == 0:
-            raise DataError("the training split holds no images")
-        if arrays["train_images"].shape[1] != arrays["test_images"].shape[1]:
-            raise DataError(
-                f"train images have {arrays['train_images'].shape[1]} inputs, test images "
-                f"{arrays['test_images'].shape[1]}; both splits need the same input size"
-            )
-        for split in ("train", "test"):
-            if not np.isfinite(arrays[f"{split}_images"]).all():
-                raise DataError(f"{split}_images: hold NaN or infinite values; every pixel must be a finite number")
-        beyond = arrays["test_labels"][arrays["test_labels"] > arrays["train_labels"].max()]
-        if self.num_classes is None and len(beyond):
-            warnings.warn(f"test_labels: classes up to {int(beyond.max())} lie beyond every training class "
-                          f"(up to {int(arrays['train_labels'].max())}); pass num_classes= to say how many there are",
-                          DataWarning, stacklevel=3)
-        labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
-        classes = self.num_classes if self.num_classes is not None else int(labels.max()) + 1
-        if int(labels.min()) < 0 or int(labels.max()) >= classes or classes < 2:
-            raise DataError(f"labels must lie in 0..{classes - 1} with at least 2 classes; found {labels.min()}..{labels.max()}")
-        for key, value in arrays.items():
-            object.__setattr__(self, key, value)
-        object.__setattr__(self, "num_classes", int(classes))
-
-    def __iter__(self):
-        return iter((self.train_images, self.train_labels, self.test_images, self.test_labels))
-
-    @property
-    def inputs(self) -> int:
-        """The input size (784 for MNIST)."""
-        return int(self.train_images.shape[1])
-
-    def subset(self, num_train: int | None = None, num_test: int | None = None) -> "Dataset":
-        """The first ``num_train`` training and ``num_test`` test examples (``None`` keeps all)."""
-        return dataclasses.replace(
-            self, train_images=self.train_images[:num_train], train_labels=self.train_labels[:num_train],
-            test_images=self.test_images[:num_test], test_labels=self.test_labels[:num_test],
-        )
-
-    def describe(self) -> dict:
-        """Name, sizes and SHA-256 of the arrays: recorded with a run, checked on resume."""
-        from jaxdigits.files import sha256_arrays
-
-        return {
-            "name": self.name, "inputs": self.inputs, "classes": self.num_classes,
-            "train_examples": int(len(self.train_images)), "test_examples": int(len(self.test_images)),
-            "sha256": sha256_arrays(self),
-        }
 
 
 def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
@@ -388,7 +300,7 @@ def tfds_sources(name: str) -> tuple[dict[str, str], dict]:
     return urls, builder.url_infos
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """``exc``'s message on one line, at most 200 characters, without a final full stop."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200].rstrip(".")
@@ -410,7 +322,7 @@ def fetch_with_tfds(name: str) -> dict[str, Path]:
         import tensorflow_datasets  # noqa: F401  (only to tell a missing install apart)
     except Exception as exc:  # ImportError, or a broken installation
         raise DataError(
-            f"no data folder given and tensorflow-datasets cannot be imported ({_one_line(exc)}); "
+            f"no data folder given and tensorflow-datasets cannot be imported ({one_line(exc)}); "
             f"{_OFFLINE_HINT}, or install tensorflow-datasets to download {name}"
         ) from None
     try:
@@ -492,162 +404,3 @@ def load_mnist(data_dir: str | os.PathLike | None = None, name: str = "mnist") -
     if folder is not None:
         return load_idx_folder(folder, name)
     return load_idx_files(fetch_with_tfds(name), name)
-
-
-_INK = 0.1  # a pixel this far from the background (after normalising it to 0) is ink
-_DIGIT_BOX = 20  # MNIST digits were scaled to fit a 20x20 box, then centred in 28x28
-_MIN_INK_PIXELS = 10  # fewer inked pixels in that box is specks, not a digit (MNIST has 34+)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def load_digit_image(path: str | os.PathLike) -> np.ndarray:
-    """A PNG (any size, dark or light background) as one MNIST-style ``(784,) float32`` image.
-
-    The image is read as grey in [0, 1] (``_read_grey_image``) and framed as the MNIST digits were
-    (``frame_digit``). Anything that cannot be a digit (not a regular file, not an image, too
-    large, blank, only specks) raises ``DataError`` with a one-line message naming ``path``.
-    """
-    grey = _read_grey_image(path)
-    try:
-        return frame_digit(grey)
-    except DataError as exc:
-        raise DataError(f"{path}: {exc}") from None
-
-
-def _read_grey_image(path: str | os.PathLike) -> np.ndarray:
-    """The image at ``path`` as ``(H, W) float32`` grey in [0, 1], whatever its PNG mode.
-
-    16-bit grey is scaled by 65535 (not clipped to 8 bits); transparency is composited over a
-    backdrop that contrasts with the ink, so black ink on a transparent background (colour
-    uniform, alpha varying: the alpha is the ink) reads as that ink. Images over Pillow's
-    decompression-bomb limit and PNGs whose text or ICC chunks decompress to too much are refused
-    before their pixels are decoded.
-    """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with open_regular_file(path, "PNG image", DataError) as f, Image.open(f) as image:
-                if image.width == 0 or image.height == 0:
-                    raise DataError(f"{path}: image has no pixels ({image.width}x{image.height})")
-                image.load()
-                return _grey_pixels(image)
-        except DataError:
-            raise
-        except UnidentifiedImageError:
-            raise DataError(f"{path}: cannot read image ({_unidentified(path)})") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(
-                f"{path}: image too large to read safely ({_one_line(exc)}); crop or scale the digit down"
-            ) from None
-        except ValueError as exc:
-            if "MAX_TEXT" in str(exc):
-                raise DataError(
-                    f"{path}: a text or ICC-profile chunk decompresses to too much data; "
-                    "save the image again without metadata"
-                ) from None
-            raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from None
-        except MemoryError:
-            raise DataError(f"{path}: image too large to read in memory; crop or scale the digit down") from None
-        except (OSError, SyntaxError, EOFError, IndexError, TypeError, zlib.error) as exc:
-            # Pillow reports broken files in all these ways (UnidentifiedImageError is an OSError)
-            raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from None
-
-
-def _unidentified(path: str | os.PathLike) -> str:
-    """Why Pillow did not recognise ``path``: a PNG of zero size, or no image at all."""
-    try:
-        with open_regular_file(path, "PNG image", DataError) as f:
-            head = f.read(24)
-    except DataError:
-        head = b""
-    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
-        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        if width == 0 or height == 0:
-            return f"a PNG of {width}x{height} pixels, which has no pixels"
-    return "not a PNG or any other image format Pillow knows"
-
-
-def _grey_pixels(image) -> np.ndarray:
-    """A decoded Pillow image as ``(H, W) float32`` grey in [0, 1] (see ``_read_grey_image``)."""
-    if image.mode in _SIXTEEN_BIT_MODES:  # 16-bit greyscale PNGs open as I;16 (or I)
-        return np.clip(np.asarray(image, dtype=np.float64) / 65535.0, 0.0, 1.0).astype(np.float32)
-    if image.mode == "F":
-        return np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32)), 0.0, 1.0)
-    if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    # With transparency: what is drawn depends on the backdrop, chosen from the colours.
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-    luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)  # as Pillow's "L"
-    alpha = rgba[..., 3]
-    if float(alpha.max()) == 0.0:  # fully transparent: nothing is drawn
-        return np.zeros_like(luma)
-    if float(alpha.min()) == float(alpha.max()):  # evenly opaque: the alpha changes nothing
-        return np.clip(luma, 0.0, 1.0)
-    visible = luma[alpha >= 0.1]
-    if visible.size and float(np.percentile(visible, 99) - np.percentile(visible, 1)) <= 0.1:
-        # One colour, alpha varying: the alpha is the ink. Put it on the opposite backdrop, so
-        # dark ink lands on white and light ink on black.
-        backdrop = 1.0 if float(visible.mean()) < 0.5 else 0.0
-    else:
-        # Ink of several shades: the transparent parts stand for the background, in the colour
-        # they hold (a palette image whose white is transparent stays black on white).
-        hidden = 1.0 - alpha
-        backdrop = float((luma * hidden).sum() / hidden.sum())
-    return np.clip(luma * alpha + backdrop * (1.0 - alpha), 0.0, 1.0)
-
-
-def frame_digit(grey: np.ndarray) -> np.ndarray:
-    """Frame a drawn digit as the MNIST digits were: ``(H, W)`` grey in [0, 1] -> ``(784,) float32``.
-
-    The background (the median of the border pixels) is made 0 and the ink 1 (so dark ink on a
-    light background is inverted); the ink is cropped, scaled so its longer side is 20 pixels,
-    its strongest pixel made 1, and placed in a 28x28 frame with its centre of mass at the centre
-    (shifted no further than keeps all the ink in the frame). Pure: reusable for any source of
-    pixels, such as a drawing canvas. Raises ``DataError`` (message without a file name) for an
-    image that holds no digit: empty, blank, or specks too small for their spread.
-    """
-    from PIL import Image
-
-    grey = np.asarray(grey, dtype=np.float32)
-    if grey.ndim != 2:
-        raise DataError(f"expected a 2-D grey image (H, W), got shape {grey.shape}")
-    if grey.size == 0:
-        raise DataError(f"image has no pixels ({grey.shape[1]}x{grey.shape[0]})")
-    if not np.isfinite(grey).all():
-        raise DataError("image holds non-finite values")
-    grey = np.clip(grey, 0.0, 1.0)
-    background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
-    if background > 0.5:
-        grey, background = 1.0 - grey, 1.0 - background
-    grey = np.clip((grey - background) / max(1.0 - background, 1e-6), 0.0, 1.0)
-    rows, cols = np.nonzero(grey > _INK)
-    if len(rows) == 0:
-        raise DataError("image is blank; draw a digit on a plain background")
-    ink = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    scale = _DIGIT_BOX / max(ink.shape)
-    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(ink, dtype=np.float32)).resize(size, Image.Resampling.LANCZOS))
-    small = np.clip(small, 0.0, 1.0)
-    peak = float(small.max())
-    if peak <= 0.0 or int((small > _INK * peak).sum()) < _MIN_INK_PIXELS:
-        raise DataError(
-            f"the marks are too small for their spread to be a digit ({len(rows)} inked pixels across "
-            f"{ink.shape[1]}x{ink.shape[0]}); crop the image to the digit or draw it with a thicker pen"
-        )
-    small = small / peak
-    ys, xs = np.indices(small.shape)
-    total = float(small.sum())
-    centre = IMAGE_SIDE / 2
-    top = int(np.floor(centre - float((ys * small).sum()) / total + 0.5))
-    left = int(np.floor(centre - float((xs * small).sum()) / total + 0.5))
-    top = min(max(top, 0), IMAGE_SIDE - small.shape[0])
-    left = min(max(left, 0), IMAGE_SIDE - small.shape[1])
-    frame = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
-    frame[top : top + small.shape[0], left : left + small.shape[1]] = small
-    return frame.reshape(-1)

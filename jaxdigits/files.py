@@ -28,9 +28,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
-import numpy as np
 
-from jaxdigits.errors import CheckpointError, JaxdigitsError, RunFolderError
+
+from jaxdigits.core.errors import CheckpointError, JaxdigitsError, RunFolderError
 
 LOCK_FILE = ".jaxdigits.lock"
 
@@ -406,15 +406,3 @@ def _environment() -> dict[str, str]:
     info.update(platform=device.platform, device_kind=device.device_kind, python=platform.python_version(),
                 devices=str(jax.device_count()))
     return info
-
-
-def sha256_arrays(arrays: Iterable[np.ndarray]) -> str:
-    """SHA-256 over arrays' dtypes, shapes and bytes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        h.update(f"{array.dtype.str}:{array.shape}".encode())
-        h.update(memoryview(array).cast("B"))
-    return h.hexdigest()

@@ -16,37 +16,12 @@ import json
 import statistics
 from typing import Any, Sequence
 
-from jaxdigits.config import FIELDS, TrainConfig
-
-STATUSES = ("ok", "diverged", "stalled")
-# A run is stalled when its training accuracy ends within this much of always answering the
-# most common class, and its cost did not fall over the last epochs (one epoch cannot tell).
-STALL_MARGIN = 0.05
-STALL_WINDOW = 3
-STALL_MIN_DROP = 0.01
-
+from jaxdigits.core.config import FIELDS, TrainConfig
+from jaxdigits.core.dataset import Dataset
 
 def config_id(config: TrainConfig) -> str:
     """A stable 16-hex-digit name for a configuration (same config, same id, any run)."""
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_status(history: Sequence[dict], chance: float) -> str:
-    """``diverged`` when an epoch's cost became NaN or infinite; ``stalled`` when the last
-    training accuracy is within ``STALL_MARGIN`` of ``chance`` (the share of the most common
-    training class) and its last cost is not ``STALL_MIN_DROP`` (relative) below the lowest of the
-    ``STALL_WINDOW`` epochs before it (so a run needs two epochs to be called stalled); else ``ok``."""
-    if any(h.get("diverged") for h in history):
-        return "diverged"
-    finished = [h for h in history if h.get("train_cost") is not None]
-    if not finished:
-        return "ok"
-    accuracy = finished[-1].get("train_accuracy")
-    if accuracy is None or accuracy > chance + STALL_MARGIN:
-        return "ok"
-    costs = [h["train_cost"] for h in finished[-STALL_WINDOW - 1 :]]
-    falling = len(costs) < 2 or costs[-1] < (1 - STALL_MIN_DROP) * min(costs[:-1])
-    return "ok" if falling else "stalled"
 
 
 def run_record(config: TrainConfig, history: Sequence[dict], status: str, **extra: Any) -> dict:
@@ -79,9 +54,14 @@ def record_config(record: dict) -> TrainConfig:
     return TrainConfig.from_dict({name: record[name] for name in FIELDS if name in record})
 
 
-def sizes_label(hidden: Sequence[int], inputs: int = 784, classes: int = 10) -> str:
-    """``784-16-16-10`` for hidden widths ``[16, 16]``."""
+def sizes_label(hidden: Sequence[int], inputs: int, classes: int) -> str:
+    """``784-16-16-10`` for hidden widths ``[16, 16]`` on 784 inputs and 10 classes."""
     return "-".join(str(s) for s in (inputs, *hidden, classes))
+
+
+def network_label(config: TrainConfig, data: Dataset) -> str:
+    """``config``'s network on ``data`` as its sizes, ``784-16-16-10``."""
+    return sizes_label(config.hidden, data.inputs, data.num_classes)
 
 
 VARYING_COLUMNS = tuple(name for name in FIELDS if name not in ("hidden", "lr", "seed"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import functools
 import html
 import io
 import json
@@ -29,185 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdigits.errors import ConfigError, RunFolderError
+from jaxdigits.core.errors import ConfigError, RunFolderError
 from jaxdigits.files import json_safe, write_atomic, write_json
-from jaxdigits.model import OUTPUTS, Network, _forward, check_images, check_labels
-from jaxdigits.transforms import ROBUSTNESS
-
-CALIBRATION_BINS = 15
-REJECTION_TARGET = 0.99
-COVERAGE_LEVELS = 100  # the rejection curve at coverage 1 %, 2 %, ..., 100 %
-CONFUSED_PAIRS = 6
-PAIR_EXAMPLES = 8
-GALLERY = 24
-ROBUSTNESS_CHUNK = 500  # test images per step of a robustness curve (bounds its memory)
-
-
-# --- numbers, on the device -----------------------------------------------------------------
-
-
-def probabilities(network: Network, z: jax.Array) -> jax.Array:
-    """The output activations as a distribution over classes ``(..., classes)``: softmax as it
-    is, sigmoid outputs ``a`` normalised to ``a / sum(a)``."""
-    a = OUTPUTS[network.output](z)
-    return a / a.sum(-1, keepdims=True) if network.output == "sigmoid" else a
-
-
-def classify_one(network: Network, image: jax.Array, label: jax.Array) -> dict[str, jax.Array]:
-    """One example ``image (inputs,)``: its ``answer`` (argmax of ``z``, as ``evaluate`` counts),
-    the ``confidence`` given to that answer (see ``probabilities``) and whether it is ``correct``."""
-    z = _forward(network, image[None])[0]
-    answer = jnp.argmax(z).astype(jnp.int32)
-    return {"answer": answer, "confidence": probabilities(network, z)[answer], "correct": answer == label}
-
-
-def confusion_matrix(labels: jax.Array, answers: jax.Array, classes: int) -> jax.Array:
-    """``M (classes, classes) int32``: ``M[i, j]`` = how many examples of class ``i`` were
-    answered ``j``; rows sum to each class's support, the diagonal counts the correct ones."""
-    return jnp.zeros((classes, classes), jnp.int32).at[labels, answers].add(1)
-
-
-def class_scores(matrix: jax.Array) -> dict[str, jax.Array]:
-    """Per class ``c`` (each ``(classes,)``): ``precision = M[c,c] / sum_i M[i,c]`` (of the
-    answers ``c``, how many were right), ``recall = M[c,c] / sum_j M[c,j]`` (of the examples of
-    ``c``, how many were found), ``f1 = 2 P R / (P + R)``; 0 where a denominator is 0."""
-    diagonal = jnp.diag(matrix).astype(jnp.float32)
-    answered, support = matrix.sum(0), matrix.sum(1)
-    precision = jnp.where(answered > 0, diagonal / jnp.maximum(answered, 1), 0.0)
-    recall = jnp.where(support > 0, diagonal / jnp.maximum(support, 1), 0.0)
-    total = precision + recall
-    f1 = jnp.where(total > 0, 2 * precision * recall / jnp.where(total > 0, total, 1.0), 0.0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
-
-
-def calibration(confidence: jax.Array, correct: jax.Array, bins: int = CALIBRATION_BINS) -> dict[str, jax.Array]:
-    """Reliability over ``bins`` equal-width confidence bins ``B_b = [b/bins, (b+1)/bins)`` (the
-    last one closed), for ``confidence (N,)`` and ``correct (N,)``.
-
-    Per bin: ``count n_b``, mean ``confidence conf_b`` and ``accuracy acc_b`` (0 for an empty
-    bin). The expected calibration error is
-    ``ECE = sum_b (n_b / N) |acc_b - conf_b| = (1/N) sum_b |sum_{i in B_b} (correct_i - confidence_i)|``.
-    """
-    index = jnp.clip(jnp.floor(confidence * bins).astype(jnp.int32), 0, bins - 1)
-    counts = jnp.zeros(bins, jnp.int32).at[index].add(1)
-    confidence_sum = jnp.zeros(bins, jnp.float32).at[index].add(confidence.astype(jnp.float32))
-    correct_sum = jnp.zeros(bins, jnp.float32).at[index].add(correct.astype(jnp.float32))
-    safe = jnp.maximum(counts, 1)
-    return {
-        "counts": counts,
-        "confidence": jnp.where(counts > 0, confidence_sum / safe, 0.0),
-        "accuracy": jnp.where(counts > 0, correct_sum / safe, 0.0),
-        "ece": jnp.abs(correct_sum - confidence_sum).sum() / confidence.shape[0],
-    }
-
-
-def rejection(confidence: jax.Array, correct: jax.Array, target: float = REJECTION_TARGET,
-              levels: int = COVERAGE_LEVELS) -> dict[str, jax.Array]:
-    """Accuracy against coverage when answers with confidence below a threshold are refused.
-
-    Sorted by confidence, most confident first: answering the first ``k`` has coverage ``k/N``
-    and accuracy ``(1/k) sum_{i<k} correct_i``. The curve samples ``k = ceil(c N)`` for
-    coverage ``c = 1/levels .. 1`` (with the threshold, the ``k``-th confidence). ``threshold``
-    is the lowest threshold ``t`` whose answers ``{confidence >= t}`` reach ``target`` accuracy
-    (a cut never splits equal confidences), ``coverage`` and ``accuracy`` the share answered and
-    their accuracy; with no such ``t`` all three are NaN.
-    """
-    n = confidence.shape[0]
-    order = jnp.argsort(-confidence, stable=True)
-    ranked, hits = confidence[order], correct[order].astype(jnp.int32)
-    k = jnp.arange(1, n + 1)
-    accuracy = jnp.cumsum(hits) / k
-    cut = jnp.append(ranked[:-1] > ranked[1:], True)  # between two different confidences
-    best = jnp.max(jnp.where(cut & (accuracy >= target), k, 0))
-    found = best > 0
-    at = jnp.maximum(best - 1, 0)
-    sample = jnp.ceil(jnp.arange(1, levels + 1) / levels * n).astype(jnp.int32) - 1
-    return {
-        "coverage": (sample + 1) / n, "accuracy": accuracy[sample], "threshold": ranked[sample],
-        "target": jnp.asarray(target, jnp.float32),
-        "target_threshold": jnp.where(found, ranked[at], jnp.nan),
-        "target_coverage": jnp.where(found, best / n, jnp.nan),
-        "target_accuracy": jnp.where(found, accuracy[at], jnp.nan),
-    }
-
-
-@functools.partial(jax.jit, static_argnames=("bins", "pairs", "examples", "gallery"))
-def analyse(network: Network, images: jax.Array, labels: jax.Array, bins: int = CALIBRATION_BINS,
-            pairs: int = CONFUSED_PAIRS, examples: int = PAIR_EXAMPLES, gallery: int = GALLERY) -> dict[str, Any]:
-    """Everything ``report`` measures but the robustness curves, for ``images (N, inputs)`` and
-    ``labels (N,)``, in one compiled program (``classify_one`` vmapped over the test set).
-
-    ``pairs``: the most frequent confusions ``true -> answer`` (by count), each with the
-    ``examples`` most confident such images (index ``-1`` where there are fewer); ``mistakes``:
-    the ``gallery`` most confident wrong answers (index ``-1`` where there are fewer).
-    """
-    classes = network.sizes[-1]
-    per_example = jax.vmap(classify_one, (None, 0, 0))(network, images, labels)
-    answers, confidence, correct = per_example["answer"], per_example["confidence"], per_example["correct"]
-    matrix = confusion_matrix(labels, answers, classes)
-    off_diagonal = jnp.where(jnp.eye(classes, dtype=bool), -1, matrix).reshape(-1)
-    pair_counts, pair_index = jax.lax.top_k(off_diagonal, min(pairs, classes * (classes - 1)))
-    true, answer = pair_index // classes, pair_index % classes
-    in_pair = (labels[None, :] == true[:, None]) & (answers[None, :] == answer[:, None])
-    pair_scores, pair_examples = jax.lax.top_k(jnp.where(in_pair, confidence[None, :], -1.0), min(examples, labels.shape[0]))
-    wrong_scores, wrong = jax.lax.top_k(jnp.where(correct, -1.0, confidence), min(gallery, labels.shape[0]))
-    return {
-        "answers": answers, "confidence": confidence, "correct_count": correct.sum(),
-        "confusion_matrix": matrix, "per_class": class_scores(matrix),
-        "pairs": {"true": true, "answer": answer, "count": pair_counts,
-                  "examples": jnp.where(pair_scores >= 0, pair_examples, -1),
-                  "confidences": jnp.where(pair_scores >= 0, pair_scores, jnp.nan)},
-        "mistakes": {"index": jnp.where(wrong_scores >= 0, wrong, -1), "true": labels[wrong], "answer": answers[wrong],
-                     "confidence": jnp.where(wrong_scores >= 0, wrong_scores, jnp.nan)},
-        "calibration": calibration(confidence, correct, bins),
-        "rejection": rejection(confidence, correct),
-    }
-
-
-@functools.partial(jax.jit, static_argnames=("name", "chunk"))
-def robustness_curve(network: Network, images: jax.Array, labels: jax.Array, strengths: jax.Array,
-                     key: jax.Array, name: str, chunk: int = ROBUSTNESS_CHUNK) -> jax.Array:
-    """Correct answers ``(S,) int32`` under ``ROBUSTNESS[name]`` at each of ``strengths (S,)``.
-
-    One compiled program: the test set goes through in chunks of ``chunk`` images (a
-    ``lax.scan``; chunk ``i`` draws its randomness from ``fold_in(key, i)``), and each chunk is
-    perturbed and classified at every strength at once (``vmap`` over ``strengths``). At the
-    identity strength the images are unchanged, so the count is the plain one.
-    """
-    apply = ROBUSTNESS[name].apply
-    n, inputs = images.shape
-    chunk = min(chunk, n)
-    padding = -n % chunk
-    images = jnp.concatenate([images, jnp.zeros((padding, inputs), images.dtype)]).reshape(-1, chunk, inputs)
-    labels = jnp.concatenate([labels, jnp.full((padding,), -1, labels.dtype)]).reshape(-1, chunk)
-
-    def step(total, batch):
-        number, x, y = batch
-        chunk_key = jax.random.fold_in(key, number)
-        def count(strength):
-            answers = jnp.argmax(_forward(network, apply(chunk_key, x, strength)), axis=-1)
-            return jnp.sum(answers == y).astype(jnp.int32)
-        return total + jax.vmap(count)(strengths), None
-
-    total, _ = jax.lax.scan(step, jnp.zeros(strengths.shape, jnp.int32), (jnp.arange(images.shape[0]), images, labels))
-    return total
-
-
-def robustness(network: Network, images: jax.Array, labels: jax.Array, seed: int = 0,
-               strengths: dict[str, Sequence[float]] | None = None) -> dict[str, dict]:
-    """``{name: {"strengths", "accuracy", "identity"}}`` for every perturbation of
-    ``ROBUSTNESS`` (its default strengths unless ``strengths`` names others), one compiled curve
-    each; randomness from ``PRNGKey(seed)`` folded with the perturbation's position."""
-    curves = {}
-    key = jax.random.PRNGKey(seed)
-    for number, (name, perturbation) in enumerate(ROBUSTNESS.items()):
-        values = tuple((strengths or {}).get(name, perturbation.strengths))
-        counts = robustness_curve(network, images, labels, jnp.asarray(values, jnp.float32),
-                                  jax.random.fold_in(key, number), name)
-        curves[name] = {"strengths": list(values), "identity": perturbation.identity,
-                        "accuracy": (np.asarray(counts) / images.shape[0]).tolist()}
-    return curves
-
+from jaxdigits.core.metrics import analyse, robustness
+from jaxdigits.core.transforms import ROBUSTNESS
+from jaxdigits.core.model import Network, check_images, check_labels
 
 # --- one network's report -------------------------------------------------------------------
 
@@ -222,18 +47,6 @@ def network_name(network: Network, source: Any) -> str:
     path = Path(source)
     label = path.parent.name if path.name == PARAMS_FILE else path.name
     return f"{sizes} ({label})" if label else sizes
-
-
-def load_network(run: Any, data=None, data_dir=None):
-    """``(network, data)`` from a run folder, params file or ``Network``; ``data`` defaults to
-    the data set the run was trained on (see ``checkpoint.run_data``)."""
-    from jaxdigits.checkpoint import load_params, run_data
-    from jaxdigits.data import load_mnist
-
-    if isinstance(run, Network):
-        return run, data if data is not None else load_mnist(data_dir)
-    network, info = load_params(run)
-    return network, data if data is not None else run_data(network, info, data_dir)
 
 
 def measure(network: Network, images: np.ndarray, labels: np.ndarray, name: str = "", seed: int = 0,
@@ -282,15 +95,15 @@ def report(run: Any, data=None, *, data_dir: str | os.PathLike | None = None, ou
     ``{"networks": [one dict of numbers per network (see ``measure``)], "dataset", "seed",
     "figures"}``.
     """
-    network, data = load_network(run, data, data_dir)
+    from jaxdigits.loader import load_run
+
+    network, _, data, _ = load_run(run, data, data_dir)
     networks = [(network, run)]
     if compare is not None:
-        other, _ = load_network(compare, data)
-        networks.append((other, compare))
-    for other, source in networks[1:]:
-        if other.sizes[0] != data.inputs or other.sizes[-1] != data.num_classes:
-            raise ConfigError(f"--compare: {network_name(other, source)} takes {other.sizes[0]} inputs and "
-                              f"{other.sizes[-1]} classes; {data.name} has {data.inputs} and {data.num_classes}")
+        try:
+            networks.append((load_run(compare, data).network, compare))
+        except ConfigError as exc:
+            raise ConfigError(f"--compare: {exc}") from None
     results = [measure(n, data.test_images, data.test_labels, network_name(n, s), seed, strengths) for n, s in networks]
     result = {"dataset": data.name, "seed": seed, "networks": results, "figures": {}}
     if out_dir is not None:
@@ -676,7 +489,7 @@ def axis_values(records: Sequence[dict], axis: str) -> list:
 
 def varying_axes(records: Sequence[dict]) -> list[str]:
     """The config fields (seed aside) that take more than one value, most values first."""
-    from jaxdigits.config import FIELDS
+    from jaxdigits.core.config import FIELDS
 
     counts = {name: len(axis_values(records, name)) for name in FIELDS if name != "seed"}
     order = list(FIELDS)
@@ -686,7 +499,7 @@ def varying_axes(records: Sequence[dict]) -> list[str]:
 def choose_axes(records: Sequence[dict], x: str | None = None, y: str | None = None) -> tuple[str, str | None]:
     """The heatmap's axes: ``x`` and ``y`` as named, else the varying axes with the most values
     (``y`` is ``None`` when fewer than two vary; ``x`` falls back to ``hidden``)."""
-    from jaxdigits.config import FIELDS
+    from jaxdigits.core.config import FIELDS
 
     for flag, name in (("--x", x), ("--y", y)):
         if name is not None and name not in FIELDS:
@@ -839,6 +652,43 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     write_atomic(path, buffer.getvalue().encode())
 
 
+def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None]:
+    """``(records, problems, planned)`` of the sweep in ``folder``, refused in one line when it
+    is no sweep, has nothing finished, or ``out_dir`` holds a run or a sweep."""
+    from jaxdigits.files import folder_kind
+    from jaxdigits.sweep_folder import RESULTS_FILE, ResultsWarning, SweepFolder, read_results
+
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: no such sweep folder; give the --out folder of a `jaxdigits sweep`")
+    if folder_kind(folder) == "run":
+        raise RunFolderError(f"{folder} holds a training run, not a sweep; use `jaxdigits report` for it")
+    if out_dir is not None and Path(out_dir).is_dir() and folder_kind(Path(out_dir)) is not None:
+        raise RunFolderError(f"{out_dir} holds a training run or a sweep; give the report a folder of its own")
+    records, problems = read_results(folder / RESULTS_FILE)
+    for problem in problems:
+        warnings.warn(problem, ResultsWarning, stacklevel=3)
+    if not records:
+        raise RunFolderError(f"{folder}: no finished configurations in {RESULTS_FILE} yet; "
+                             "report again once the sweep has finished a group")
+    try:
+        grid = SweepFolder(folder).saved_grid()
+        planned = len(grid.configs()) if grid is not None else None
+    except Exception:  # an unreadable sweep.json does not stop a report of the results there
+        planned = None
+    return records, problems, planned
+
+
+def write_sweep_tables(out: Path, rows: Sequence[dict], records: Sequence[dict], axes: Sequence[str]) -> None:
+    """``summary.csv`` (one row per configuration over its seeds) and ``runs.csv`` (one per run)."""
+    from jaxdigits.core.config import FIELDS
+
+    metrics = [f"{m}_{s}" for m in ("test_accuracy", "best_test_accuracy", "train_accuracy") for s in ("mean", "std", "min", "max")]
+    write_csv(out / "summary.csv", [*axes, "runs", "diverged", "stalled", *metrics],
+              [[value_text(row[a]) for a in axes] + [row["runs"], row["diverged"], row["stalled"]] + [row[m] for m in metrics] for row in rows])
+    fields = [name for name in FIELDS if any(name in r for r in records)]
+    write_csv(out / "runs.csv", [*fields, *RUN_COLUMNS], [[value_text(r.get(c)) for c in fields] + [r.get(c) for c in RUN_COLUMNS] for r in records])
+
+
 def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, x: str | None = None,
                  y: str | None = None, group: str | None = None, top: int = 10) -> dict[str, Any]:
     """What a sweep found, from the finished configurations in ``sweep_dir/results.jsonl`` (no
@@ -851,28 +701,8 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     ``runs.csv`` (one row per run), ``report.json`` and ``report.html``. Diverged and stalled
     runs are marked on every figure. Returns the report (as in ``report.json``).
     """
-    from jaxdigits.sweep_folder import RESULTS_FILE, ResultsWarning, SweepFolder, read_results
-
-    from jaxdigits.files import folder_kind
-
     folder = Path(sweep_dir)
-    if not folder.is_dir():
-        raise RunFolderError(f"{folder}: no such sweep folder; give the --out folder of a `jaxdigits sweep`")
-    if folder_kind(folder) == "run":
-        raise RunFolderError(f"{folder} holds a training run, not a sweep; use `jaxdigits report` for it")
-    if out_dir is not None and Path(out_dir).is_dir() and folder_kind(Path(out_dir)) is not None:
-        raise RunFolderError(f"{out_dir} holds a training run or a sweep; give the report a folder of its own")
-    records, problems = read_results(folder / RESULTS_FILE)
-    for problem in problems:
-        warnings.warn(problem, ResultsWarning, stacklevel=2)
-    if not records:
-        raise RunFolderError(f"{folder}: no finished configurations in {RESULTS_FILE} yet; "
-                             "report again once the sweep has finished a group")
-    try:
-        grid = SweepFolder(folder).saved_grid()
-        planned = len(grid.configs()) if grid is not None else None
-    except Exception:  # an unreadable sweep.json does not stop a report of the results there
-        planned = None
+    records, problems, planned = read_sweep(folder, out_dir)
     x, y = choose_axes(records, x, y)
     group = group or x
     axes = varying_axes(records)
@@ -887,13 +717,7 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
     for name, png in pngs.items():
         write_atomic(out / f"{name}.png", png)
-    metrics = [f"{m}_{s}" for m in ("test_accuracy", "best_test_accuracy", "train_accuracy") for s in ("mean", "std", "min", "max")]
-    write_csv(out / "summary.csv", [*axes, "runs", "diverged", "stalled", *metrics],
-              [[value_text(row[a]) for a in axes] + [row["runs"], row["diverged"], row["stalled"]] + [row[m] for m in metrics] for row in rows])
-    from jaxdigits.config import FIELDS
-
-    fields = [name for name in FIELDS if any(name in r for r in records)]
-    write_csv(out / "runs.csv", [*fields, *RUN_COLUMNS], [[value_text(r.get(c)) for c in fields] + [r.get(c) for c in RUN_COLUMNS] for r in records])
+    write_sweep_tables(out, rows, records, axes)
     statuses = {s: sum(r.get("status") == s for r in records) for s in ("ok", "diverged", "stalled")}
     result = {
         "sweep": str(folder), "finished": len(records), "planned": planned, "statuses": statuses,

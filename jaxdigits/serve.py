@@ -33,14 +33,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from jaxdigits.errors import ConfigError, DataError, JaxdigitsError
+from jaxdigits.core.dataset import MNIST_SIDE
+from jaxdigits.core.errors import ConfigError, DataError, JaxdigitsError
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY = 1 << 20  # a 280x280 canvas as JSON grey values is about 80-320 KB
 MAX_SIDE = 1024
 MIN_SIDE = 8
 MAX_PIXELS = 512 * 512
-IMAGE_SIDE = 28
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
 SECURITY_HEADERS = {
@@ -60,7 +60,7 @@ class BadRequest(Exception):
 
 def frame_grey(grey: np.ndarray) -> np.ndarray:
     """``grey (H, W)`` in [0, 1] as the ``(784,) float32`` input ``predict`` would see for a PNG of it."""
-    from jaxdigits.data import frame_digit
+    from jaxdigits.images import frame_digit
 
     return np.asarray(frame_digit(grey), dtype=np.float32).reshape(-1)
 
@@ -104,7 +104,7 @@ class Model:
     def __init__(self, network, info: dict[str, Any], data=None, data_note: str = ""):
         import jax
 
-        from jaxdigits.model import layer_activations
+        from jaxdigits.core.model import layer_activations
 
         self.network, self.info = network, info
         self._forward = jax.jit(lambda net, images: layer_activations(net, images))
@@ -114,7 +114,7 @@ class Model:
         self._rng_lock = threading.Lock()
         self.activations(np.zeros(network.sizes[0], np.float32))  # compile before the first request
         if data is not None:
-            from jaxdigits.model import predict
+            from jaxdigits.core.model import predict
 
             self.predictions = np.asarray(predict(network, data.test_images.astype(network.dtype))[0])
             self.mistakes = np.flatnonzero(self.predictions != data.test_labels)
@@ -160,24 +160,14 @@ def _rounded(array, digits: int = 5) -> list:
 
 
 def load_model(checkpoint, data_dir=None) -> Model:
-    """The network from a run folder or params file, and the test set when a data folder is
-    given (``data_dir``, else ``$JAXDIGITS_DATA_DIR``); nothing is downloaded."""
-    from jaxdigits.checkpoint import load_params
-    from jaxdigits.data import default_data_dir, load_mnist
+    """The network from a run folder or params file (see ``loader.load_run``), with the test set
+    when a data folder is given (``data_dir``, else ``$JAXDIGITS_DATA_DIR``); nothing is downloaded."""
+    from jaxdigits.loader import load_run
 
-    network, info = load_params(checkpoint)
-    if network.sizes[0] != IMAGE_SIDE * IMAGE_SIDE:
-        raise ConfigError(f"the page draws 28x28 digits; this network takes {network.sizes[0]} inputs")
-    dataset = (info.get("config") or {}).get("dataset", "mnist")
-    folder = data_dir if data_dir is not None else default_data_dir(dataset)
-    data, note = None, ""
-    if folder is None:
-        note = "no data folder; start with --data-dir DIR (or set JAXDIGITS_DATA_DIR) to show test digits"
-    else:
-        data = load_mnist(folder, dataset)
-        if data.inputs != network.sizes[0] or data.num_classes != network.sizes[-1]:
-            data, note = None, f"the {dataset} test digits do not fit this network's sizes"
-    return Model(network, info, data, note)
+    run = load_run(checkpoint, data_dir=data_dir, data_required=False)
+    if run.network.sizes[0] != MNIST_SIDE * MNIST_SIDE:
+        raise ConfigError(f"the page draws {MNIST_SIDE}x{MNIST_SIDE} digits; this network takes {run.network.sizes[0]} inputs")
+    return Model(run.network, run.info, run.data, run.note)
 
 
 def static_files(folder: Path = STATIC_DIR) -> dict[str, tuple[bytes, str]]:
@@ -387,9 +377,9 @@ def measure_latency(checkpoint, requests: int = 200, data_dir=None) -> dict[str,
     server = make_server(model, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     if model.data is not None:
-        digit = model.data.test_images[0].reshape(IMAGE_SIDE, IMAGE_SIDE)
+        digit = model.data.test_images[0].reshape(MNIST_SIDE, MNIST_SIDE)
     else:
-        digit = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
+        digit = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
         digit[6:22, 12:16] = 1.0
     canvas = np.asarray(Image.fromarray((digit * 255).astype(np.uint8)).resize((280, 280), Image.Resampling.BILINEAR))
     body = _json({"pixels": canvas.reshape(-1).astype(int).tolist(), "width": 280, "height": 280})

@@ -20,10 +20,11 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from jaxdigits.config import FIELDS, SweepGrid, TrainConfig
-from jaxdigits.errors import ConfigError, RunFolderError
+from jaxdigits.core.config import FIELDS, SweepGrid, TrainConfig
+from jaxdigits.core.errors import ConfigError, RunFolderError
 from jaxdigits.files import SWEEP_MARKERS, append_lines, claim_folder, environment_info, check_regular_file, to_json, write_atomic, write_json
-from jaxdigits.records import STATUSES, config_id
+from jaxdigits.core.metrics import STATUSES
+from jaxdigits.records import config_id
 
 SWEEP_FORMAT = "jaxdigits-sweep"
 SWEEP_FORMAT_VERSION = 2
@@ -91,10 +92,12 @@ def record_problem(record: dict, config: TrainConfig) -> str | None:
 class SweepFolder:
     """The ``--out`` folder of a sweep: claims or resumes it, appends results to it."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, grid: SweepGrid | None = None, fingerprints: dict | None = None,
+                 overwrite: bool = False):
         self.path = Path(path)
         self.results_path = self.path / RESULTS_FILE
         self.sweep_path = self.path / SWEEP_FILE
+        self.grid, self.fingerprints, self.overwrite = grid, fingerprints or {}, overwrite
         self.lock = None
 
     def _read_sweep_file(self) -> dict | None:
@@ -130,8 +133,9 @@ class SweepFolder:
         """How many configurations ``results.jsonl`` holds (readable lines)."""
         return len({r["id"] for r in read_results(self.results_path)[0]})
 
-    def open(self, grid: SweepGrid, configs: Sequence[TrainConfig], fingerprints: dict, overwrite: bool = False) -> dict[str, dict]:
-        """Lock the folder for this sweep and claim (or resume) it; return the finished records by id.
+    def open(self, configs: Sequence[TrainConfig], fresh=None) -> dict[str, dict]:
+        """Lock the folder for this sweep (``driver.Sink``) and claim (or resume) it; return the
+        finished records by id.
 
         ``fingerprints`` maps each dataset name to ``Dataset.describe()``. Refuses a folder
         holding a training run, a sweep over other data, and a sweep with configurations this
@@ -139,16 +143,24 @@ class SweepFolder:
         Records that do not match their configuration (edited, or of another version) are
         warned about and trained again.
         """
-        self.lock = claim_folder(self.path, "sweep", SWEEP_MARKERS, resume=True, overwrite=overwrite)
+        self.lock = claim_folder(self.path, "sweep", SWEEP_MARKERS, resume=True, overwrite=self.overwrite)
         try:
-            return self._open(grid, configs, fingerprints)
+            return self._open(self.grid, configs, self.fingerprints)
         except BaseException:
-            self.release()
+            self.close()
             raise
 
-    def release(self) -> None:
+    def epoch_done(self, config, state, history) -> None:
+        pass  # a sweep keeps finished configurations only
+
+    def finish(self, results) -> None:
+        """Append a finished group's records."""
+        self.append(r.record for r in results)
+
+    def close(self) -> None:
         if self.lock is not None:
             self.lock.release()
+            self.lock = None
 
     def _open(self, grid: SweepGrid, configs: Sequence[TrainConfig], fingerprints: dict) -> dict[str, dict]:
         ids = [config_id(c) for c in configs]

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxdigits.data import DATA_DIR_ENV, IDX_FILES, Dataset, load_idx_folder
+from jaxdigits.core.dataset import Dataset
+from jaxdigits.data import DATA_DIR_ENV, IDX_FILES, load_idx_folder
 
 REQUIRE_DATA_ENV = "JAXDIGITS_REQUIRE_DATA"
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import jaxdigits as jd
-from jaxdigits import cli, training
+from jaxdigits import cli
+from jaxdigits.core import programs
 from tests.conftest import synthetic_dataset
 
 
@@ -227,7 +228,7 @@ def test_the_compile_cache_is_keyed_by_program_not_by_rate_seed_or_epochs():
     assert jd.program_key(config) != jd.program_key(config.replace(batch_size=11))
     assert jd.program_key(config) != jd.program_key(config.replace(cost=jd.Cost("q", jd.QuadraticCost.per_example, "sigmoid")))
     data = synthetic_dataset(50, 10)
-    before = training._compile.cache_info().misses
+    before = programs._compile.cache_info().misses
     jd.train(config.replace(epochs=1, lr=0.5, seed=3), data)
     jd.train(config.replace(epochs=2, lr=2.0, seed=4), data)
-    assert training._compile.cache_info().misses - before <= 1
+    assert programs._compile.cache_info().misses - before <= 1

@@ -21,13 +21,20 @@ import pytest
 
 from jaxdigits import checkpoint, cli
 from jaxdigits.checkpoint import (
-    CHECKPOINT_FILE, PARAMS_FILE, PARAMS_FORMAT, RUN_FILE, TRAINING_FORMAT, RunFolder,
+    CHECKPOINT_FILE, PARAMS_FILE, PARAMS_FORMAT, RUN_FILE, TRAINING_FORMAT,
     load_arrays, load_params, network_spec, params_to_tensors, save_arrays,
 )
-from jaxdigits.config import FIELDS, TrainConfig
-from jaxdigits.errors import CheckpointError
+from jaxdigits.core.config import FIELDS, TrainConfig
+from jaxdigits.core.errors import CheckpointError
 from jaxdigits.files import write_atomic
-from jaxdigits.training import init_state, params_to_numpy, run_keys, train
+from jaxdigits.core.epoch import init_state, run_keys
+from jaxdigits.run_folder import RunFolder
+from jaxdigits.training import train
+
+
+def params_to_numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
 from tests.conftest import synthetic_dataset, write_idx_folder
 
 PACKAGE = Path(checkpoint.__file__).parent
@@ -117,7 +124,7 @@ def test_truncated_files_are_refused(finished, run_dir, name):
             if name == PARAMS_FILE:
                 load_params(path)
             else:
-                RunFolder(run_dir).load_training(RUN_CONFIG, template(), finished[2].describe())
+                RunFolder(run_dir, data_info=finished[2].describe()).load_training(RUN_CONFIG, template())
 
 
 def template():
@@ -165,8 +172,7 @@ def test_format_and_version_are_checked(run_dir, tmp_path, monkeypatch):
 
 def test_a_tampered_resume_checkpoint_is_refused(finished, run_dir):
     tensors, info = load_arrays(run_dir / CHECKPOINT_FILE, TRAINING_FORMAT)
-    data_info = finished[2].describe()
-    folder = RunFolder(run_dir)
+    folder = RunFolder(run_dir, data_info=finished[2].describe())
     cases = {
         "optimizer state does not match": ({k: v for k, v in tensors.items() if k != "opt_state.0"}, info),
         "history does not match the recorded epoch": (tensors, {**info, "epoch": 3}),
@@ -175,7 +181,7 @@ def test_a_tampered_resume_checkpoint_is_refused(finished, run_dir):
     for message, (changed_tensors, changed_info) in cases.items():
         save_arrays(run_dir / CHECKPOINT_FILE, changed_tensors, TRAINING_FORMAT, changed_info)
         with pytest.raises(CheckpointError, match=message):
-            folder.load_training(RUN_CONFIG, template(), data_info)
+            folder.load_training(RUN_CONFIG, template())
 
 
 def test_a_large_file_of_another_kind_is_refused_without_reading_it(tmp_path):

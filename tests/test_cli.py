@@ -13,7 +13,7 @@ import pytest
 import jaxdigits as jd
 from jaxdigits import cli
 
-training_module = importlib.import_module("jaxdigits.training")
+driver_module = importlib.import_module("jaxdigits.driver")
 
 
 def test_train_evaluate_predict_end_to_end(mnist_dir, mnist, tmp_path):
@@ -77,7 +77,7 @@ def exit_code(args) -> int:
     ],
 )
 def test_invalid_flags_exit_2_before_anything_compiles(flags, message, tiny_data_dir, monkeypatch, capsys):
-    monkeypatch.setattr(training_module, "compiled", lambda *args, **kwargs: pytest.fail("compiled despite bad flags"))
+    monkeypatch.setattr(driver_module, "compiled", lambda *args, **kwargs: pytest.fail("compiled despite bad flags"))
     code = exit_code(["train", "--data-dir", str(tiny_data_dir), *flags])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err

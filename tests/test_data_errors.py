@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from jaxdigits import cli
 from jaxdigits.data import IDX_FILES, load_idx_folder, read_idx
-from jaxdigits.errors import DataError
+from jaxdigits.core.errors import DataError
 from tests.conftest import deadline, idx_bytes, synthetic_dataset, write_idx, write_idx_folder
 
 TRAIN_IMAGES = IDX_FILES["train_images"]

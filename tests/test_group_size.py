@@ -9,11 +9,13 @@ import jax
 import pytest
 
 from jaxdigits import cli
-from jaxdigits import sweeps
-from jaxdigits.config import TrainConfig
-from jaxdigits.sweeps import (CACHE_FRACTION, FALLBACK_CACHE_PER_CORE, MEMORY_FRACTION, GroupSize, auto_group_size,
-                              cpu_cache_per_core, member_bytes, sweep)
-from jaxdigits.training import EVAL_CHUNK
+from jaxdigits import devices as sweeps
+from jaxdigits.core.config import TrainConfig
+from jaxdigits.core.group import member_bytes
+from jaxdigits.devices import (CACHE_FRACTION, FALLBACK_CACHE_PER_CORE, MEMORY_FRACTION, GroupSize, auto_group_size,
+                               cpu_cache_per_core)
+from jaxdigits.sweeps import sweep
+from jaxdigits.core.metrics import EVAL_CHUNK
 
 
 def power_of_two_floor(x: float) -> int:
@@ -21,11 +23,11 @@ def power_of_two_floor(x: float) -> int:
 
 
 def test_member_bytes_counts_params_optimizer_state_and_batch_activations():
-    state, activations = member_bytes(TrainConfig())
+    state, activations = member_bytes(TrainConfig(), 784, 10)
     params = 4 * (784 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10)
     assert params <= state < params + 64  # plain SGD: the rate and a step count beside the params
     assert activations == 2 * 10 * (16 + 16 + 10) * 4
-    momentum, _ = member_bytes(TrainConfig(optimizer="momentum"))
+    momentum, _ = member_bytes(TrainConfig(optimizer="momentum"), 784, 10)
     assert momentum >= state + params  # momentum keeps one velocity per parameter
 
 
@@ -33,16 +35,16 @@ def test_cpu_group_size_follows_the_cache(monkeypatch):
     cpu = jax.devices("cpu")[:1]
     cores = len(sweeps.os.sched_getaffinity(0))
     monkeypatch.setattr(sweeps, "cpu_cache_per_core", lambda: (16 << 20, "sysfs"))
-    state, activations = member_bytes(TrainConfig())
-    chosen = auto_group_size(TrainConfig(), cpu)
+    state, activations = member_bytes(TrainConfig(), 784, 10)
+    chosen = auto_group_size(TrainConfig(), 784, 10, cpu)
     expected = power_of_two_floor(CACHE_FRACTION * (16 << 20) * cores / (2 * state + activations))
-    assert chosen == auto_group_size(TrainConfig(), cpu)  # deterministic
+    assert chosen == auto_group_size(TrainConfig(), 784, 10, cpu)  # deterministic
     assert chosen.size == chosen.per_device == expected and chosen.devices == 1
     assert "L2+L3" in chosen.reason
-    wide = auto_group_size(TrainConfig(hidden=(256, 256)), cpu)
+    wide = auto_group_size(TrainConfig(hidden=(256, 256)), 784, 10, cpu)
     assert wide.size < chosen.size  # a wider network: fewer of them fit the cache
     monkeypatch.setattr(sweeps, "cpu_cache_per_core", lambda: (64 << 20, "sysfs"))
-    assert auto_group_size(TrainConfig(), cpu).size == min(4 * expected, sweeps.MAX_PER_DEVICE)
+    assert auto_group_size(TrainConfig(), 784, 10, cpu).size == min(4 * expected, sweeps.MAX_PER_DEVICE)
 
 
 def test_cache_size_is_read_or_assumed(monkeypatch, tmp_path):
@@ -78,16 +80,16 @@ class FakeAccelerator:
 
 def test_accelerator_group_size_follows_the_memory():
     config = TrainConfig()
-    state, activations = member_bytes(config)
+    state, activations = member_bytes(config, 784, 10)
     footprint = 3 * state + activations + EVAL_CHUNK * (16 + 16 + 10) * 4
-    chosen = auto_group_size(config, [FakeAccelerator(8 << 30)] * 2)
+    chosen = auto_group_size(config, 784, 10, [FakeAccelerator(8 << 30)] * 2)
     assert chosen.per_device == power_of_two_floor(MEMORY_FRACTION * (8 << 30) / footprint)
     assert chosen.size == 2 * chosen.per_device and "device memory (memory_stats)" in chosen.reason
-    assert "assumed" in auto_group_size(config, [FakeAccelerator(None)]).reason
+    assert "assumed" in auto_group_size(config, 784, 10, [FakeAccelerator(None)]).reason
 
 
 def test_sweep_uses_the_automatic_size_unless_given(tiny_data, monkeypatch):
-    monkeypatch.setattr(sweeps, "auto_group_size", lambda config, devices, inputs, classes: GroupSize(2, 2, 1, "test"))
+    monkeypatch.setattr(sweeps, "auto_group_size", lambda config, inputs, classes, devices: GroupSize(2, 2, 1, "test"))
     grid = dict(hidden=[(4,)], lr=[0.3, 1.0], seed=[0, 1], epochs=1)
     cpu = jax.devices("cpu")[:1]
     assert {r["group_size"] for r in sweep(grid, tiny_data, devices=cpu).records} == {2}
@@ -97,7 +99,7 @@ def test_sweep_uses_the_automatic_size_unless_given(tiny_data, monkeypatch):
 @pytest.mark.parametrize("flags, expected", [([], "group size 2 for 784-4-10 (2 per device: test); 2 group(s)"),
                                              (["--group-size", "4"], "group size at most 4 (given); 1 group(s)")])
 def test_cli_sweep_prints_the_layout_first(flags, expected, tiny_data_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sweeps, "auto_group_size", lambda config, devices, inputs, classes: GroupSize(2, 2, 1, "test"))
+    monkeypatch.setattr(sweeps, "auto_group_size", lambda config, inputs, classes, devices: GroupSize(2, 2, 1, "test"))
     code = cli.main(["sweep", "--hidden", "4", "--lr", "0.3", "1", "--seed", "0", "1", "--epochs", "1",
                      "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "s"), *flags])
     assert code == 0

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import jaxdigits as jd
 from jaxdigits import cli, files
-from jaxdigits.config import FIELDS
+from jaxdigits.core.config import FIELDS
 from tests.conftest import synthetic_dataset
 
 REPO = Path(__file__).resolve().parent.parent

@@ -32,12 +32,15 @@ import pytest
 import jaxdigits as jd
 from jaxdigits import cli
 from jaxdigits import data as data_module
+from jaxdigits import images as images_module
 from jaxdigits.checkpoint import (
     PARAMS_FILE, PARAMS_FORMAT, TRAINING_FORMAT, load_arrays, load_params, save_arrays, save_params,
 )
-from jaxdigits.config import TrainConfig
-from jaxdigits.data import IDX_FILES, check_regular_file, load_digit_image, read_idx
-from jaxdigits.errors import CheckpointError, DataError
+from jaxdigits.core.config import TrainConfig
+from jaxdigits.data import IDX_FILES, read_idx
+from jaxdigits.files import check_regular_file
+from jaxdigits.images import load_digit_image
+from jaxdigits.core.errors import CheckpointError, DataError
 from tests.conftest import deadline, synthetic_dataset, write_idx_folder
 
 TRAIN_IMAGES = IDX_FILES["train_images"]
@@ -479,7 +482,7 @@ def test_every_png_mode_reads_as_the_same_digit(tmp_path, ink, mode):
     from PIL import Image
 
     opaque = load_digit_image(_save(tmp_path / "opaque.png", Image.fromarray(255 - np.round(ink * 255).astype(np.uint8))))
-    np.testing.assert_allclose(opaque, data_module.frame_digit(1.0 - np.round(ink * 255) / 255), atol=1e-6)
+    np.testing.assert_allclose(opaque, images_module.frame_digit(1.0 - np.round(ink * 255) / 255), atol=1e-6)
     path = _save(tmp_path / "variant.png", _variants(ink)[mode])
     np.testing.assert_allclose(load_digit_image(path), opaque, atol=1e-4)
 
@@ -500,19 +503,19 @@ def test_frame_digit_frames_like_mnist_and_is_what_load_digit_image_uses(tmp_pat
     from PIL import Image
 
     digit = mnist.test_images[0].reshape(28, 28)
-    framed = data_module.frame_digit(digit)
+    framed = images_module.frame_digit(digit)
     assert framed.shape == (784,) and framed.dtype == np.float32
     assert np.corrcoef(framed, mnist.test_images[0])[0, 1] > 0.9
     path = _save(tmp_path / "digit.png", Image.fromarray(np.round(digit * 255).astype(np.uint8)))
-    np.testing.assert_array_equal(load_digit_image(path), data_module.frame_digit(np.round(digit * 255) / 255))
+    np.testing.assert_array_equal(load_digit_image(path), images_module.frame_digit(np.round(digit * 255) / 255))
     # a digit in a corner of a big canvas is framed whole, in the middle, none of it wrapped round
     canvas = np.zeros((300, 300))
     canvas[:28, -28:] = digit
-    np.testing.assert_allclose(data_module.frame_digit(canvas), framed, atol=1e-5)
+    np.testing.assert_allclose(images_module.frame_digit(canvas), framed, atol=1e-5)
     for bad, message in [(np.zeros((0, 5)), "no pixels"), (np.zeros((3, 3, 3)), "2-D"),
                          (np.full((5, 5), np.nan), "non-finite"), (np.zeros((9, 9)), "blank")]:
         with pytest.raises(DataError, match=message):
-            data_module.frame_digit(bad)
+            images_module.frame_digit(bad)
 
 
 def _specks(path: Path) -> Path:

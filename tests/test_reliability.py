@@ -17,15 +17,23 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from jaxdigits import checkpoint, cli
-from jaxdigits.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, PARAMS_FILE, RUN_FILE, RUN_FILES, RunFolder
-from jaxdigits.config import TrainConfig
+from jaxdigits.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, PARAMS_FILE, RUN_FILE, RUN_FILES
+from jaxdigits.run_folder import RunFolder
+from jaxdigits.core.config import TrainConfig
 from jaxdigits.data import load_idx_folder
-from jaxdigits.training import init_state, params_to_numpy, run_keys, train
+from jaxdigits.core.epoch import init_state, run_keys
+from jaxdigits.training import train
+
+
+def params_to_numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
 from tests.conftest import synthetic_dataset, write_idx_folder
 
 EPOCHS = 6
@@ -194,8 +202,8 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, 
     # what is kept is the complete checkpoint of the last finished epoch, nothing half-written
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_FILE, HISTORY_FILE]
     config = TrainConfig(epochs=SLOW_EPOCHS)
-    state, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0], 784, 10),
-                                                        load_idx_folder(slow_dir).describe())
+    folder = RunFolder(out, data_info=load_idx_folder(slow_dir).describe())
+    state, saved_history = folder.load_training(config, init_state(config, run_keys(0)[0], 784, 10))
     assert len(saved_history) == completed and history(out) == saved_history
 
     # the printed command resumes, and the result is the uninterrupted run's, bit for bit
@@ -216,8 +224,8 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, slow_dir):
     assert returncode == 130, stderr
     assert "Traceback" not in stderr and lines(stderr)[-1].startswith("interrupted; epochs 1-")
     config = TrainConfig(epochs=SLOW_EPOCHS)
-    _, saved_history = RunFolder(out).load_training(config, init_state(config, run_keys(0)[0], 784, 10),
-                                                    load_idx_folder(slow_dir).describe())
+    folder = RunFolder(out, data_info=load_idx_folder(slow_dir).describe())
+    _, saved_history = folder.load_training(config, init_state(config, run_keys(0)[0], 784, 10))
     assert 1 <= len(saved_history) < SLOW_EPOCHS
 
 
@@ -226,7 +234,7 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypa
     config = TrainConfig(epochs=3, dataset=data.name)  # a run on your own arrays records their name
     first = train(config.replace(epochs=1), data, out_dir=tmp_path / "run")
     second = train(config.replace(epochs=2), data)
-    folder = RunFolder(tmp_path / "run")
+    folder = RunFolder(tmp_path / "run", data_info=data.describe())
     real_fsync = os.fsync
 
     def ctrl_c_twice(fd):  # the user presses Ctrl-C twice while each file is being written
@@ -236,11 +244,11 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "fsync", ctrl_c_twice)
     with pytest.raises(KeyboardInterrupt):
-        folder.save_training(config, second.state, second.history, data.describe())
+        folder.save_training(config, second.state, second.history)
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # the interrupt came after both files were complete: checkpoint and history agree on epoch 2
-    state, saved = folder.load_training(config, init_state(config, run_keys(0)[0], 784, 10), data.describe())
+    state, saved = folder.load_training(config, init_state(config, run_keys(0)[0], 784, 10))
     assert len(saved) == 2 and history(tmp_path / "run") == saved
     assert np.asarray(state.params[0]["w"]).tobytes() == np.asarray(second.params[0]["w"]).tobytes()
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())

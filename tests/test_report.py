@@ -14,7 +14,8 @@ import pytest
 
 import jaxdigits as jd
 from jaxdigits import cli, reports
-from jaxdigits.transforms import ROBUSTNESS
+from jaxdigits.core import metrics
+from jaxdigits.core.transforms import ROBUSTNESS
 
 # A few strengths per perturbation (the identity among them) keep the tests quick.
 FEW = {name: (p.strengths[0], p.identity, p.strengths[-1]) for name, p in ROBUSTNESS.items()}
@@ -31,9 +32,9 @@ def test_confusion_matrix_and_class_scores_match_hand_counts():
     expected = np.array([[2, 1, 0], [0, 1, 1], [1, 0, 3]])
     # The same set through a network: each image is the one-hot answer, so z's argmax is the answer.
     images = np.eye(3, dtype=np.float32)[answers] * 2.0
-    numbers = reports.analyse(identity_network(), images, labels)
+    numbers = metrics.analyse(identity_network(), images, labels)
     np.testing.assert_array_equal(numbers["confusion_matrix"], expected)
-    np.testing.assert_array_equal(reports.confusion_matrix(labels, answers, 3), expected)
+    np.testing.assert_array_equal(metrics.confusion_matrix(labels, answers, 3), expected)
     assert int(numbers["correct_count"]) == 6
     scores = {k: np.asarray(v) for k, v in numbers["per_class"].items()}
     precision = np.array([2 / 3, 1 / 2, 3 / 4])  # of the answers 0, 1, 2: right / given
@@ -53,7 +54,7 @@ def test_confusion_matrix_and_class_scores_match_hand_counts():
 
 
 def test_class_scores_are_zero_where_a_class_is_never_answered_or_absent():
-    scores = reports.class_scores(jnp.array([[2, 0, 0], [1, 0, 0], [0, 0, 0]]))
+    scores = metrics.class_scores(jnp.array([[2, 0, 0], [1, 0, 0], [0, 0, 0]]))
     np.testing.assert_allclose(scores["precision"], [2 / 3, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(scores["recall"], [1, 0, 0])
     assert np.all(np.isfinite(np.asarray(scores["f1"])))
@@ -62,7 +63,7 @@ def test_class_scores_are_zero_where_a_class_is_never_answered_or_absent():
 def test_ece_matches_its_formula_on_hand_made_confidences():
     confidence = jnp.array([0.95, 0.95, 0.55, 0.25, 1.0])
     correct = jnp.array([True, False, True, False, True])
-    c = jax.jit(reports.calibration, static_argnums=2)(confidence, correct, 10)
+    c = jax.jit(metrics.calibration, static_argnums=2)(confidence, correct, 10)
     # bins: 9 holds 0.95, 0.95, 1.0 (acc 2/3, conf 0.9667); 5 holds 0.55 (acc 1); 2 holds 0.25 (acc 0)
     by_hand = (3 / 5) * abs(2 / 3 - (0.95 + 0.95 + 1.0) / 3) + (1 / 5) * abs(1 - 0.55) + (1 / 5) * abs(0 - 0.25)
     assert float(c["ece"]) == pytest.approx(by_hand, rel=1e-6)
@@ -74,27 +75,27 @@ def test_ece_matches_its_formula_on_hand_made_confidences():
     bins = np.minimum((conf * 15).astype(int), 14)
     formula = sum((bins == b).sum() / 2000 * abs(hits[bins == b].mean() - conf[bins == b].mean())
                   for b in range(15) if (bins == b).any())
-    assert float(reports.calibration(jnp.asarray(conf), jnp.asarray(hits), 15)["ece"]) == pytest.approx(formula, abs=1e-6)
+    assert float(metrics.calibration(jnp.asarray(conf), jnp.asarray(hits), 15)["ece"]) == pytest.approx(formula, abs=1e-6)
 
 
 def test_rejection_threshold_never_splits_equal_confidences():
     confidence = jnp.array([0.9, 0.8, 0.8, 0.6, 0.5])
     correct = jnp.array([True, True, False, True, False])
-    r = reports.rejection(confidence, correct, target=0.75, levels=5)
+    r = metrics.rejection(confidence, correct, target=0.75, levels=5)
     # answering >= 0.6 gives 3 of 4 right; >= 0.5 gives 3 of 5; a cut inside the two 0.8s is no threshold
     assert float(r["target_threshold"]) == pytest.approx(0.6)
     assert float(r["target_coverage"]) == pytest.approx(0.8) and float(r["target_accuracy"]) == pytest.approx(0.75)
     np.testing.assert_allclose(r["coverage"], [0.2, 0.4, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(r["accuracy"], [1, 1, 2 / 3, 3 / 4, 3 / 5], rtol=1e-6)
-    unreachable = reports.rejection(confidence, correct, target=1.01)
+    unreachable = metrics.rejection(confidence, correct, target=1.01)
     assert np.isnan(float(unreachable["target_threshold"]))
 
 
 def test_sigmoid_outputs_are_normalised_to_sum_one():
     z = jnp.array([[2.0, 0.0, -1.0]])
     a = jax.nn.sigmoid(z)
-    np.testing.assert_allclose(reports.probabilities(identity_network(output="sigmoid"), z), a / a.sum(), rtol=1e-6)
-    np.testing.assert_allclose(reports.probabilities(identity_network(output="softmax"), z), jax.nn.softmax(z), rtol=1e-6)
+    np.testing.assert_allclose(metrics.probabilities(identity_network(output="sigmoid"), z), a / a.sum(), rtol=1e-6)
+    np.testing.assert_allclose(metrics.probabilities(identity_network(output="softmax"), z), jax.nn.softmax(z), rtol=1e-6)
 
 
 def test_report_of_a_one_epoch_run_on_real_mnist(mnist, mnist_dir, tmp_path, capsys):

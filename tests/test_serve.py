@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 import jaxdigits
-from jaxdigits.data import DATA_DIR_ENV, load_digit_image
-from jaxdigits.model import layer_activations
+from jaxdigits.data import DATA_DIR_ENV
+from jaxdigits.images import load_digit_image
+from jaxdigits.core.model import layer_activations
 from jaxdigits.serve import MAX_BODY, Model, load_model, make_server
 
 REQUIRE_BROWSER_ENV = "JAXDIGITS_REQUIRE_BROWSER"

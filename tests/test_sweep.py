@@ -19,14 +19,18 @@ import pytest
 
 import jaxdigits as jd
 from jaxdigits import cli
-from jaxdigits.config import SweepGrid, load_grid
-from jaxdigits.errors import ConfigError, RunFolderError
+from jaxdigits.core.config import SweepGrid
+from jaxdigits.sweeps import load_grid
+from jaxdigits.core.errors import ConfigError, RunFolderError
 from jaxdigits.records import record_config
 from jaxdigits.sweep_folder import RESULTS_FILE, SWEEP_FILE, ResultsWarning, read_results
-from jaxdigits.sweeps import group_configs, plan_layout, use_cpu_cores
+from jaxdigits.core.group import group_configs, plan_layout
+from jaxdigits.devices import use_cpu_cores
 from tests.conftest import synthetic_dataset
 
 sweep_module = importlib.import_module("jaxdigits.sweeps")
+from jaxdigits.devices import config_mesh  # noqa: E402
+from jaxdigits.driver import put_data, run_group  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 # Small, fast and learnable: 100 training images (10 steps per epoch at batch 10).
@@ -151,11 +155,11 @@ def test_optimizer_state_and_uneven_blocks_match_training_alone():
     # rectangle with a filler cell.
     configs = SweepGrid(hidden=[(8,)], lr=[0.01, 0.1], seed=[3], optimizer="adam", epochs=2, dataset=DATA.name).configs()
     configs += SweepGrid(hidden=[(8,)], lr=[0.03], seed=[4], optimizer="adam", epochs=2, dataset=DATA.name).configs()
-    mesh = sweep_module.config_mesh()
+    mesh = config_mesh()
     (group,) = group_configs(configs)
     assert (plan_layout(group).index == [[0, 1], [2, -1]]).all()
-    for record in sweep_module.train_group(group, sweep_module.put_data(DATA, mesh), mesh):
-        assert_matches_train(record)
+    for result in run_group(group, put_data(DATA, mesh), mesh=mesh, every_epoch=("test",)):
+        assert_matches_train(result.record)
 
 
 def test_a_diverging_configuration_is_marked_and_the_others_go_on():

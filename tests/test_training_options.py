@@ -10,7 +10,8 @@ import optax
 import pytest
 
 import jaxdigits as jd
-from jaxdigits import checkpoint, training
+from jaxdigits.core import epoch as epoch_module
+from jaxdigits import run_folder
 from tests.conftest import synthetic_dataset
 
 OPTAX_SCHEDULES = {
@@ -70,7 +71,7 @@ def test_dropout_scales_kept_units_by_one_over_keep_probability():
     network = jax.tree.map(lambda x: x, network)
     x = jnp.ones((1, 4))
     hidden = jax.nn.relu(x @ network[0]["w"] + network[0]["b"])
-    from jaxdigits.model import _forward
+    from jaxdigits.core.model import _forward
 
     z = _forward(network, x, dropout=0.25, key=jax.random.PRNGKey(3))
     # z = (kept hidden / 0.75) @ w2 + b2: recover the mask by least squares on the 1000 units.
@@ -92,11 +93,11 @@ def test_inits_draw_their_formulas(init, check):
 
 def test_mnist_sits_on_the_device_as_uint8_and_becomes_exactly_the_same_floats(mnist):
     images = mnist.test_images[:2000]
-    stored = training.device_images(images, "float32")
+    stored = epoch_module.device_images(images, "float32")
     assert stored.dtype == np.uint8 and stored.nbytes * 4 == images.nbytes
-    np.testing.assert_array_equal(np.asarray(training.as_inputs(jnp.asarray(stored), jnp.float32)), images)
+    np.testing.assert_array_equal(np.asarray(epoch_module.as_inputs(jnp.asarray(stored), jnp.float32)), images)
     noisy = images + np.float32(1e-3)
-    assert training.device_images(noisy, "float32").dtype == np.float32  # not whole 255ths: kept as floats
+    assert epoch_module.device_images(noisy, "float32").dtype == np.float32  # not whole 255ths: kept as floats
 
 
 def test_resume_is_bit_identical_with_augmentation_a_schedule_and_dropout(tmp_path, monkeypatch):
@@ -105,7 +106,7 @@ def test_resume_is_bit_identical_with_augmentation_a_schedule_and_dropout(tmp_pa
                             optimizer="momentum", lr=0.3, epochs=3)
     whole = jd.train(config, data)
     saves = []
-    original = checkpoint.RunFolder.save_training
+    original = run_folder.RunFolder.save_training
 
     def interrupt_after_first(self, *args, **kwargs):
         original(self, *args, **kwargs)
@@ -113,7 +114,7 @@ def test_resume_is_bit_identical_with_augmentation_a_schedule_and_dropout(tmp_pa
         if len(saves) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.RunFolder, "save_training", interrupt_after_first)
+    monkeypatch.setattr(run_folder.RunFolder, "save_training", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):
         jd.train(config, data, out_dir=tmp_path / "run")
     resumed = jd.train(config, data, out_dir=tmp_path / "run", resume=True)

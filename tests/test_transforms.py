@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdigits import transforms as T
+from jaxdigits.core import transforms as T
 
 # Jitted once per module: also shows each takes traced strengths, and spares op-by-op dispatch.
 J = SimpleNamespace(

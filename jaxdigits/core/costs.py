@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdigits.model import Network, _forward, check_images, check_labels
+from jaxdigits.core.model import Network, _forward, check_images, check_labels
 
 
 class CostLike(Protocol):

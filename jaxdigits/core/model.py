@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdigits.errors import InputError
+from jaxdigits.core.errors import InputError
 
 LESSON_SIZES = (784, 16, 16, 10)
 

@@ -40,8 +40,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdigits.core.dataset import MNIST_SIDE
+
 Array = jax.Array
-DEFAULT_SIDE = 28
+DEFAULT_SIDE = MNIST_SIDE  # the side of an image whose size is not given
 
 
 # --- geometry ------------------------------------------------------------------------------

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any, Callable
 
-from jaxdigits.costs import COSTS
-from jaxdigits.data import DATASETS
-from jaxdigits.errors import ConfigError
-from jaxdigits.model import ACTIVATIONS, INITS
-from jaxdigits.optimizers import OPTIMIZERS, SCHEDULES
+from jaxdigits.core.costs import COSTS
+from jaxdigits.core.dataset import DATASETS
+from jaxdigits.core.errors import ConfigError
+from jaxdigits.core.model import ACTIVATIONS, INITS
+from jaxdigits.core.optimizers import OPTIMIZERS, SCHEDULES
 
 SEED_LIMIT = 2**32  # jax.random.PRNGKey takes 32-bit seeds; larger ones would alias smaller ones
 COUNT_LIMIT = 2**31 - 1
@@ -268,32 +265,3 @@ class SweepGrid:
     def replace(self, **axes: Any) -> "SweepGrid":
         """A copy with these axes set (``None`` values are ignored)."""
         return SweepGrid({**self.axes, **{k: v for k, v in axes.items() if v is not None}})
-
-
-def load_grid(path: str | os.PathLike) -> SweepGrid:
-    """A ``SweepGrid`` from a ``.toml`` or ``.json`` file whose keys are config fields, e.g.
-
-        hidden = [[16, 16], [32], [64, 64]]
-        lr = [0.3, 1.0, 3.0]
-        seed = [0, 1]
-        epochs = 5
-    """
-    from jaxdigits.files import read_regular_file
-
-    path = Path(path)
-    if path.suffix.lower() not in (".toml", ".json"):
-        raise ConfigError(f"{path}: a grid file must end in .toml or .json")
-    text = read_regular_file(path, "grid file", ConfigError).decode("utf-8", errors="replace")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            values = tomllib.loads(text)
-        else:
-            values = json.loads(text)
-    except (ValueError, TypeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        raise ConfigError(f"{path}: not a valid grid file ({str(exc).splitlines()[0]})") from None
-    try:
-        return SweepGrid.from_dict(values)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None

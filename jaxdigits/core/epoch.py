@@ -1,0 +1,196 @@
+"""Training as pure functions of a ``TrainConfig``: the SGD step, one compiled epoch, a whole run.
+
+``make_step`` is one gradient-descent step on the config's objective with its optimizer;
+``make_epoch`` runs every mini-batch of a shuffled epoch inside one ``lax.scan``, with the data
+on the device; ``make_guarded_epoch`` keeps a run's last finite state once its cost turns
+non-finite (how divergence is detected, alone or under ``vmap``); ``make_train`` is a whole run
+as one pure function, in the manner of PureJaxRL's ``make_train(config)``. The learning rate
+lives in the optimizer state (``optax.inject_hyperparams``), so it is a traced value and one
+compiled program trains every rate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdigits.core import transforms
+from jaxdigits.core.config import TrainConfig
+from jaxdigits.core.costs import make_objective, resolve_cost
+from jaxdigits.core.errors import ConfigError
+from jaxdigits.core.model import Network, init_mlp
+from jaxdigits.core.optimizers import make_optimizer
+
+
+class TrainState(NamedTuple):
+    """What one SGD step changes: the network and the optimizer state (learning rate inside)."""
+
+    params: Network
+    opt_state: optax.OptState
+
+
+def run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, shuffle_key)`` for a seed; epoch ``k`` shuffles with ``fold_in(shuffle_key, k)``."""
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, shuffle_key
+
+
+def check_dtype(config: TrainConfig) -> None:
+    """float64 needs JAX's 64-bit mode; refuse it at the start rather than train in float32."""
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError("dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 in the environment (or call "
+                          "jax.config.update('jax_enable_x64', True) before anything runs)")
+
+
+def init_state(
+    config: TrainConfig, init_key: jax.Array, inputs: int, classes: int, learning_rate: float | jax.Array | None = None
+) -> TrainState:
+    """A fresh network of ``inputs``-``config.hidden``-``classes`` (computing with the config's
+    activation and its cost's output function) and its optimizer state. ``learning_rate``
+    (default ``config.lr``) may be a traced value, so one compiled program can start many rates."""
+    sizes = (inputs, *config.hidden, classes)
+    network = init_mlp(init_key, sizes, config.activation, resolve_cost(config.cost).output, jnp.dtype(config.dtype), config.init)
+    rate = config.lr if learning_rate is None else learning_rate
+    return TrainState(network, make_optimizer(config.optimizer, rate, config.schedule).init(network))
+
+
+def make_step(config: TrainConfig, total_steps: int = 1) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``step(state, images (B, inputs), labels (B,), key=None) -> (state, cost)``: one
+    gradient-descent step on the config's objective (cost, ``l2``, ``penalty``, dropout with
+    ``key``) with its optimizer; ``total_steps`` is the run's length for a ``schedule``. The
+    cost returned is the mini-batch's cost before the update."""
+    objective = make_objective(config.cost, config.l2, config.penalty, config.dropout)
+    # The rate given here is a placeholder: inject_hyperparams reads it from the state.
+    optimizer = make_optimizer(config.optimizer, config.lr, config.schedule, total_steps)
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array | None = None) -> tuple[TrainState, jax.Array]:
+        cost, grads = jax.value_and_grad(objective)(state.params, images, labels, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), cost
+
+    return step
+
+
+def batch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """``(num_examples // batch_size, batch_size) int32``: a shuffled split into mini-batches.
+
+    The last ``num_examples % batch_size`` examples of the permutation sit the epoch out.
+    """
+    num_batches = num_examples // batch_size
+    order = jax.random.permutation(key, num_examples)[: num_batches * batch_size]
+    return order.reshape(num_batches, batch_size)
+
+
+def pixel_values(dtype) -> np.ndarray:
+    """``(256,)``: pixel byte ``u`` as the float ``load_mnist`` makes of it, ``dtype(u) / 255``."""
+    dtype = np.dtype(dtype)
+    return np.arange(256, dtype=np.uint8).astype(dtype) / dtype.type(255)
+
+
+def as_inputs(images: jax.Array, dtype) -> jax.Array:
+    """Images as the network's floats: uint8 pixels (how the data can sit on the device, a
+    quarter of float32's memory) become exactly the floats ``load_mnist`` makes of them."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        # A table, not a division: XLA divides by multiplying with 1/255, which rounds 126 of
+        # the 256 values differently from numpy's division.
+        return jnp.asarray(pixel_values(dtype))[images]
+    return images.astype(dtype)
+
+
+def device_images(images: np.ndarray, dtype: str) -> np.ndarray:
+    """What to put on the device: uint8 when every value is a pixel byte's float (MNIST's are),
+    else ``images`` as ``dtype``. ``as_inputs`` turns either into the same floats."""
+    images = np.asarray(images)
+    pixels = np.clip(np.rint(images * np.float32(255)), 0, 255).astype(np.uint8)
+    if np.array_equal(pixel_values(dtype)[pixels], images.astype(dtype, copy=False)):
+        return pixels
+    return images.astype(dtype, copy=False)
+
+
+# Noise keys (augmentation, dropout) come from fold_in(epoch_key, NOISE_STREAM): a stream apart
+# from the shuffle, so a run without noise draws exactly the same batches.
+NOISE_STREAM = 0x6E6F6973
+
+
+def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array) -> jax.Array:
+    """The config's augmentation of ``images (B, side*side)``: a fresh distortion per image."""
+    affine = (config.rotation, config.scale, config.shear, config.shift)
+    if config.augment == "affine":
+        out = transforms.random_affine(key, images, *affine)
+    else:
+        out = transforms.augment(key, images, *affine, config.elastic_alpha, config.elastic_sigma)
+    return out.astype(images.dtype)
+
+
+def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+    """``epoch(state, key, images (N, inputs), labels (N,)) -> (state, mean mini-batch cost)``.
+
+    One ``lax.scan`` over the shuffled mini-batches; the data stays on the device (floats or
+    uint8 pixels) and each step gathers its batch by index, converts it to floats and, with
+    ``augment``, distorts it; with ``dropout`` each step gets its own dropout key.
+    """
+    noisy = config.augment != "none" or config.dropout > 0
+
+    def epoch(state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array):
+        order = batch_order(key, images.shape[0], config.batch_size)
+        step = make_step(config, total_steps=config.epochs * order.shape[0])
+        dtype = jax.tree_util.tree_leaves(state.params)[0].dtype
+        noise = jax.random.fold_in(key, NOISE_STREAM)
+
+        def body(state, inputs):
+            batch_indices, number = inputs if noisy else (inputs, None)
+            x = as_inputs(images[batch_indices], dtype)
+            augment_key = dropout_key = None
+            if noisy:
+                augment_key, dropout_key = jax.random.split(jax.random.fold_in(noise, number))
+            if config.augment != "none":
+                x = augment_batch(config, augment_key, x)
+            return step(state, x, labels[batch_indices], dropout_key if config.dropout else None)
+
+        state, costs = jax.lax.scan(body, state, (order, jnp.arange(order.shape[0])) if noisy else order)
+        return state, jnp.mean(costs)
+
+    return epoch
+
+
+def make_guarded_epoch(config: TrainConfig):
+    """``epoch(state, alive, key, images, labels) -> (state, alive, cost)``: ``make_epoch`` that
+    keeps the last finite state once the cost turns NaN or infinite (``alive`` turns False and
+    stays so). ``train`` runs it as it is; a sweep runs it under ``vmap``."""
+    epoch_fn = make_epoch(config)
+
+    def guarded(state: TrainState, alive: jax.Array, key: jax.Array, images: jax.Array, labels: jax.Array):
+        new_state, cost = epoch_fn(state, key, images, labels)
+        alive = alive & jnp.isfinite(cost)
+        state = jax.tree_util.tree_map(lambda new, old: jnp.where(alive, new, old), new_state, state)
+        return state, alive, cost
+
+    return guarded
+
+
+def make_train(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array, jax.Array]]:
+    """``train(seed, learning_rate, images (N, inputs), labels (N,), num_classes) -> (state,
+    alive, costs (epochs,))``: the config's whole run as one pure function, every epoch inside
+    one ``lax.scan``, so it can be ``jit``-ted, ``vmap``-ped over seeds and rates, or
+    differentiated with respect to the learning rate. It starts as ``train`` starts a run
+    (``run_keys``, ``init_state``) and draws the same batches, epoch ``k`` with
+    ``fold_in(shuffle_key, k)``; ``num_classes`` must be a Python int."""
+    guarded = make_guarded_epoch(config)
+
+    def train(seed, learning_rate, images, labels, num_classes: int):
+        init_key, shuffle_key = run_keys(seed)
+        state = init_state(config, init_key, images.shape[1], num_classes, learning_rate)
+
+        def one_epoch(carry, epoch):
+            state, alive = carry
+            state, alive, cost = guarded(state, alive, jax.random.fold_in(shuffle_key, epoch), images, labels)
+            return (state, alive), cost
+
+        (state, alive), costs = jax.lax.scan(one_epoch, (state, jnp.asarray(True)), jnp.arange(1, config.epochs + 1))
+        return state, alive, costs
+
+    return train

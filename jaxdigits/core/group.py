@@ -1,0 +1,206 @@
+"""Configurations trained together: one compiled program for a group, under ``vmap``.
+
+A group is configurations that compile to the same program (``config.program_key``: everything
+but the learning rate, the seed and the epoch count) and train for as many epochs. Inside a group
+they are laid out as a (seeds, rates) rectangle: an outer ``vmap`` over seeds and an inner one
+over the rates that share a seed. Configurations with the same seed draw the same mini-batches
+(as they would alone), so the inner ``vmap`` gathers each batch once and its first layer becomes
+one wide matrix product ``x @ [W_1 ... W_L]``; on a CPU this is what makes a sweep several times
+faster than training one after another. A block shorter than the longest is filled with copies
+of its first rate, whose results are dropped. The rectangle's configuration axis is sharded over
+a 1-D ``Mesh`` (axis ``"configs"``); the axis that needs less padding is the sharded one.
+
+A member's numbers equal those of a run alone up to float rounding (a vmapped matrix product
+may round its last bit differently); ``exact_group_epoch`` shares no arithmetic between members
+and gives each one's numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxdigits.core.config import TrainConfig, program_key
+from jaxdigits.core.dataset import Dataset
+from jaxdigits.core.epoch import init_state, make_guarded_epoch, run_keys
+from jaxdigits.core.errors import ConfigError
+from jaxdigits.core.metrics import EVAL_CHUNK, count_correct
+
+MESH_AXIS = "configs"
+
+
+def group_configs(configs: Sequence[TrainConfig],
+                  max_group_size: int | Callable[[TrainConfig], int] | None = None) -> list[list[TrainConfig]]:
+    """Split ``configs`` into groups that train as one program, in order of first appearance.
+
+    A group holds configurations with the same ``program_key`` and epoch count, at most
+    ``max_group_size`` of them (``None``: no limit; a function: its value for the group's first
+    configuration, e.g. ``auto_group_size``'s), ordered by seed so that a split keeps seeds
+    together.
+    """
+    limit = max_group_size if callable(max_group_size) else (lambda config: max_group_size)
+    by_program: dict[tuple, list[TrainConfig]] = {}
+    for config in configs:
+        by_program.setdefault((program_key(config), config.epochs), []).append(config)
+    groups = []
+    for members in by_program.values():
+        size = limit(members[0])
+        if size is not None and size < 1:
+            raise ConfigError(f"group size must be at least 1, got {size}")
+        seed_order = {seed: i for i, seed in enumerate(dict.fromkeys(c.seed for c in members))}
+        members = sorted(members, key=lambda c: seed_order[c.seed])  # stable: rate order kept
+        size = size or len(members)
+        groups.extend(members[i : i + size] for i in range(0, len(members), size))
+    return groups
+
+
+class GroupLayout(NamedTuple):
+    """How a group's configurations sit in its (seeds, rates) rectangle.
+
+    ``seeds (S,) int32``, ``learning_rates (S, L) float32`` and ``index (S, L) int``: the
+    position of each cell's configuration in the group, ``-1`` for a filler cell. ``shard_axis``
+    is the rectangle axis split over the devices (0 seeds, 1 rates).
+    """
+
+    seeds: np.ndarray
+    learning_rates: np.ndarray
+    index: np.ndarray
+    shard_axis: int
+
+
+def plan_layout(configs: Sequence[TrainConfig], num_devices: int = 1) -> GroupLayout:
+    """The rectangle for a group, padded so that its sharded axis divides ``num_devices``."""
+    blocks: dict[int, list[int]] = {}
+    for i, config in enumerate(configs):
+        blocks.setdefault(config.seed, []).append(i)
+    rows, cols = len(blocks), max(len(b) for b in blocks.values())
+    pad = lambda n: -(-n // num_devices) * num_devices  # noqa: E731
+    shard_axis = 0 if pad(rows) * cols <= rows * pad(cols) else 1
+    rows_total, cols_total = (pad(rows), cols) if shard_axis == 0 else (rows, pad(cols))
+    block_list = list(blocks.values())
+    seeds = np.zeros(rows_total, np.int32)
+    rates = np.zeros((rows_total, cols_total), np.float32)
+    index = np.full((rows_total, cols_total), -1, np.int64)
+    for r in range(rows_total):
+        block = block_list[r] if r < rows else block_list[0]  # filler rows copy the first block
+        seeds[r] = configs[block[0]].seed
+        for c in range(cols_total):
+            member = block[c] if c < len(block) else block[0]  # filler cells copy the first rate
+            rates[r, c] = configs[member].lr
+            if r < rows and c < len(block):
+                index[r, c] = member
+    return GroupLayout(seeds, rates, index, shard_axis)
+
+
+def init_rectangle(program: TrainConfig, layout: GroupLayout, sizes: tuple[int, int], cells: NamedSharding, rows: NamedSharding):
+    """``(states (S, L, ...), shuffle_keys (S, 2))``: each member started exactly as ``train``
+    starts it (``run_keys``, then ``init_state`` with its rate), stacked and sharded."""
+    keys = {int(seed): run_keys(int(seed)) for seed in dict.fromkeys(layout.seeds.tolist())}
+    states = [
+        init_state(program, keys[int(seed)][0], *sizes, learning_rate=float(rate))
+        for seed, row in zip(layout.seeds, layout.learning_rates)
+        for rate in row
+    ]
+    shape = layout.learning_rates.shape
+
+    def stack(*leaves):
+        return put_global(np.stack([np.asarray(leaf) for leaf in leaves]).reshape(shape + np.shape(leaves[0])), cells)
+
+    shuffle_keys = np.stack([np.asarray(keys[int(seed)][1]) for seed in layout.seeds])
+    return jax.tree_util.tree_map(stack, *states), put_global(shuffle_keys, rows)
+
+
+def over_rectangle(fn: Callable, seed_args: tuple, rate_args: tuple) -> Callable:
+    """``vmap`` over seeds (outer) of ``vmap`` over the rates of a seed (inner); ``*_args``
+    give each argument's role: True = has that axis, False = shared."""
+    inner = jax.vmap(fn, in_axes=tuple(0 if a else None for a in rate_args))
+    return jax.vmap(inner, in_axes=tuple(0 if a else None for a in seed_args))
+
+
+def group_epoch(program: TrainConfig) -> Callable:
+    """``epoch(states, alive, shuffle_keys, epoch_number, images, labels)``: ``train``'s guarded
+    epoch for every member of a (seeds, rates) rectangle, each with its own key, rate and
+    ``alive`` flag (a diverged member keeps its last finite state)."""
+    guarded = over_rectangle(make_guarded_epoch(program), (True, True, True, False, False), (True, True, False, False, False))
+
+    def epoch(states, alive, shuffle_keys, epoch_number, images, labels):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(shuffle_keys, epoch_number)
+        return guarded(states, alive, keys, images, labels)
+
+    return epoch
+
+
+@functools.lru_cache(maxsize=None)
+def exact_group_epoch(mesh: Mesh, cells: PartitionSpec) -> Callable[[TrainConfig], Callable]:
+    """A builder like ``group_epoch`` whose members never share arithmetic: each device runs its
+    members one after another (``lax.map``) through ``train``'s own unbatched epoch, so every
+    member's numbers are bit for bit those of ``train`` alone, whatever the group and the device
+    count. The devices still run in parallel (``shard_map`` over the configuration axis)."""
+
+    def build(program: TrainConfig) -> Callable:
+        guarded = make_guarded_epoch(program)
+
+        def members(states, alive, keys, images, labels):
+            s, l = alive.shape
+            flat = lambda x: x.reshape((s * l,) + x.shape[2:])  # noqa: E731
+            out = jax.lax.map(lambda m: guarded(m[0], m[1], m[2], images, labels),
+                              (jax.tree_util.tree_map(flat, states), flat(alive), jnp.repeat(keys, l, axis=0)))
+            return jax.tree_util.tree_map(lambda x: x.reshape((s, l) + x.shape[1:]), out)
+
+        def epoch(states, alive, shuffle_keys, epoch_number, images, labels):
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(shuffle_keys, epoch_number)
+            run = jax.shard_map(members, mesh=mesh, in_specs=(cells, cells, PartitionSpec(cells[0]), PartitionSpec(), PartitionSpec()),
+                                out_specs=(cells, cells, cells))
+            return run(states, alive, keys, images, labels)
+
+        return epoch
+
+    return build
+
+
+def group_count(program: TrainConfig) -> Callable:
+    """``count(networks, images, labels) -> (S, L)`` correct answers of every member."""
+    return over_rectangle(count_correct, (True, False, False), (True, False, False))
+
+
+def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array with ``sharding`` from host data every process holds in full."""
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def fetch_global(array: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-host) array as numpy."""
+    if getattr(array, "is_fully_addressable", True):
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def member_bytes(config: TrainConfig, inputs: int, classes: int) -> tuple[int, int]:
+    """``(state, activations)``: bytes of one configuration's training state (params and
+    optimizer state) and of its activations on one mini-batch (values and their gradients)."""
+    state = jax.eval_shape(lambda: init_state(config, jax.random.PRNGKey(0), inputs, classes, learning_rate=jnp.float32(1.0)))
+    state_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
+    units = sum(config.hidden) + classes
+    return state_bytes, 2 * config.batch_size * units * jnp.dtype(config.dtype).itemsize
+
+
+def memory_estimate(config: TrainConfig, data: Dataset, members: int = 1) -> int:
+    """Bytes a run of ``config`` on ``data`` needs at its peak, roughly: the data on the device,
+    and per member the params with their gradients, updates and optimizer state (5 copies), one
+    mini-batch's gathered inputs and its activations and their gradients, and one evaluation
+    chunk's activations."""
+    itemsize = np.dtype(config.dtype).itemsize
+    sizes = (data.inputs, *config.hidden, data.num_classes)
+    params = sum(m * n + n for m, n in zip(sizes[:-1], sizes[1:]))
+    widths = sum(sizes[1:])
+    per_member = 5 * params + config.batch_size * (data.inputs + 2 * widths) + EVAL_CHUNK * widths
+    data_bytes = (len(data.train_images) + len(data.test_images)) * data.inputs
+    return itemsize * (data_bytes + members * per_member)
