@@ -158,8 +158,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
                        overwrite=args.overwrite, progress=True)
-    except KeyboardInterrupt:
-        print(_interrupted_message(args), file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(_interrupted_message(args, getattr(stop, "saved_epochs", 0)), file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.diverged:
         epoch = result.history[-1]["epoch"]
@@ -174,16 +174,10 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupted_message(args: argparse.Namespace) -> str:
+def _interrupted_message(args: argparse.Namespace, completed: int) -> str:
     """The one line printed on Ctrl-C: what is kept and the command that resumes."""
-    from jaxdigits.run_folder import RunFolder
-
     if args.out is None:
         return "interrupted; nothing was saved (no --out given)"
-    try:
-        completed = RunFolder(args.out).completed_epochs()
-    except JaxdigitsError:
-        completed = 0
     if completed == 0:
         return "interrupted before the first epoch finished; nothing to resume, run the same command again"
     command = ["jaxdigits", "train", "--out", str(args.out), "--resume"]

@@ -43,7 +43,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False, data_info: dict | None = None):
         self.path = Path(path)
         self.resume, self.overwrite, self.data_info = resume, overwrite, data_info or {}
-        self.lock = None
+        self.lock, self.saved_epochs = None, 0
 
     def open(self, configs, fresh) -> dict[str, Any]:
         """Lock the folder and make it ready: a folder holding a run is resumed with ``resume``,
@@ -55,6 +55,7 @@ class RunFolder:
             return {}
         [config] = configs
         state, history = self.load_training(config, fresh(config))
+        self.saved_epochs = len(history)
         return {config_id(config): Start(state, tuple(history))}
 
     def epoch_done(self, config: TrainConfig, state, history: list[dict]) -> None:
@@ -100,6 +101,7 @@ class RunFolder:
         with interrupts_deferred():
             save_arrays(self.path / CHECKPOINT_FILE, tensors, TRAINING_FORMAT, info)
             write_json(self.path / HISTORY_FILE, history)
+            self.saved_epochs = len(history)
 
     def load_training(self, config: TrainConfig, template) -> tuple[Any, list[dict]]:
         """``(state, history)`` from the checkpoint; ``template`` is a fresh state of the same config.
@@ -111,9 +113,6 @@ class RunFolder:
         self._check_same_run(path, info, config)
         if not np.array_equal(tensors.get("rng.seed_key"), np.asarray(jax.random.PRNGKey(config.seed))):
             raise CheckpointError(f"{path}: RNG key does not match seed {config.seed}")
-        network = network_from_tensors(tensors, info.get("network"), path)
-        if network_spec(network) != network_spec(template.params):
-            raise CheckpointError(f"{path}: the saved network {network_spec(network)} is not this config's")
         history = _saved_history(path, info)
         if len(history) > config.epochs:
             raise ConfigError(
@@ -121,6 +120,9 @@ class RunFolder:
                 f"--epochs {config.epochs}; pass --epochs {len(history)} or more"
             )
         opt_state = _restore_opt_state(path, tensors, template.opt_state, config)
+        network = network_from_tensors(tensors, info.get("network"), path)
+        if network_spec(network) != network_spec(template.params):
+            raise CheckpointError(f"{path}: the saved network {network_spec(network)} is not this config's")
         return type(template)(network, opt_state), history
 
     def _checkpoint_path(self) -> Path:

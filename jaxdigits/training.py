@@ -22,6 +22,14 @@ class StalledWarning(UserWarning):
     """A run ended at chance accuracy with its cost no longer falling (e.g. saturated sigmoids)."""
 
 
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped ``train``; ``saved_epochs`` complete epochs are in its folder."""
+
+    def __init__(self, saved_epochs: int):
+        super().__init__(f"interrupted with {saved_epochs} epochs saved")
+        self.saved_epochs = saved_epochs
+
+
 class TrainResult(NamedTuple):
     """What ``train`` returns: the final network, the per-epoch history, how the run ended
     (``status``: ``ok``, ``diverged`` or ``stalled``), the final state, the config and the
@@ -75,10 +83,13 @@ def train(
     if config.dataset != data.name:  # your own arrays, or files that turned out to be another dataset
         config = config.replace(dataset=data.name)
     check_fits(config, data)
-    sink = RunFolder(out_dir, resume=resume, overwrite=overwrite, data_info=data.describe()) if out_dir is not None else NO_SINK
+    data_info = data.describe() if out_dir is not None else None
+    sink = RunFolder(out_dir, resume=resume, overwrite=overwrite, data_info=data_info) if out_dir is not None else NO_SINK
     try:
         start = sink.open([config], lambda c: init_state(c, run_keys(c.seed)[0], data.inputs, data.num_classes))
         result = _run(config, data, sink, start.get(config_id(config), Start()), progress)
+    except KeyboardInterrupt:
+        raise TrainInterrupted(getattr(sink, "saved_epochs", 0)) from None
     finally:
         sink.close()
     if result.record["status"] == "stalled":
