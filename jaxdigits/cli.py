@@ -168,8 +168,12 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"diverged at epoch {epoch}; try a smaller {cause}{kept}", file=sys.stderr)
         return EXIT_DIVERGED
     record = result.record
-    if record["test_accuracy"] is not None:
-        saved_to = f", saved to {args.out}" if args.out else ""
+    saved_to = f", saved to {args.out}" if args.out else ""
+    if record["selected_validation_accuracy"] is not None:
+        print(f"done ({record['status']}): epoch {record['selected_epoch']} kept ({config.select}): validation accuracy "
+              f"{100 * record['selected_validation_accuracy']:.2f}%, test accuracy {100 * record['selected_test_accuracy']:.2f}%"
+              f"{saved_to}")
+    elif record["test_accuracy"] is not None:
         print(f"done ({record['status']}): test accuracy {100 * record['test_accuracy']:.2f}%{saved_to}")
     return 0
 
@@ -228,11 +232,15 @@ def run_sweep_report(args: argparse.Namespace) -> int:
     finished = f"{result['finished']} of {result['planned']}" if result["planned"] else str(result["finished"])
     statuses = ", ".join(f"{count} {status}" for status, count in result["statuses"].items() if count)
     print(f"{finished} runs finished ({statuses}); heatmap {result['x']}" + (f" x {result['y']}" if result["y"] else ""))
-    best = result["configurations"][0]
+    best, metric = result["configurations"][0], result["ranked_by"]
     if not (best["diverged"] or best["stalled"]):
         setting = ", ".join(f"{a} {value_text(best[a])}" for a in result["axes"]) or "the one configuration"
-        print(f"best: {setting}: test accuracy {100 * best['test_accuracy_mean']:.2f}% "
-              f"± {100 * best['test_accuracy_std']:.2f} over {best['runs']} seed(s)")
+        name = "validation accuracy" if metric != "test_accuracy" else "test accuracy"
+        line = (f"best by {name}: {setting}: {name} {100 * best[f'{metric}_mean']:.2f}% "
+                f"± {100 * best[f'{metric}_std']:.2f} over {best['runs']} seed(s)")
+        if metric != "test_accuracy":
+            line += f"; test accuracy of the selected epoch {100 * best['selected_test_accuracy_mean']:.2f}%"
+        print(line)
     print(f"report in {out / 'report.html'}")
     return 0
 

@@ -4,9 +4,10 @@
 A record is flat: the config fields under their ``TrainConfig`` names (``hidden``, ``lr``,
 ``seed``, ...), then ``id``, ``status``, the final ``train_cost``, ``train_accuracy`` and
 ``test_accuracy``, ``best_test_accuracy`` and ``best_epoch``, the per-epoch ``train_cost_curve``
-and ``test_accuracy_curve``, ``epochs_completed``, ``diverged_epoch`` and ``seconds``. A history
-entry (one per epoch) has ``epoch``, ``train_cost``, ``test_accuracy``, ``seconds`` and, where
-measured, ``train_accuracy``.
+and ``test_accuracy_curve``; with a validation split the validation figures and what validation
+chose (``selected_epoch``, ``selected_validation_accuracy``, ``selected_test_accuracy``: see
+``validation_fields``); ``epochs_completed``, ``diverged_epoch``, ``seconds``, and how it trained
+(group size, devices, examples per split). A history entry is ``driver``'s.
 """
 
 from __future__ import annotations
@@ -42,11 +43,45 @@ def run_record(config: TrainConfig, history: Sequence[dict], status: str, **extr
         "best_epoch": best + 1 if tests else None,
         "train_cost_curve": [h["train_cost"] for h in finished],
         "test_accuracy_curve": tests,
+        **validation_fields(config, finished),
         "epochs_completed": len(finished),
         "diverged_epoch": diverged,
         "seconds": sum(h.get("seconds", 0.0) for h in history),
         **extra,
     }
+
+
+def validation_fields(config: TrainConfig, finished: Sequence[dict]) -> dict:
+    """What validation chose: ``selected_epoch`` (the best validation epoch with ``select="best"``,
+    else the last), its ``selected_validation_accuracy`` and ``selected_test_accuracy`` (the test
+    figure a run reports), and the validation curves; ``None`` and empty without a split."""
+    scores = [h.get("validation_accuracy") for h in finished]
+    if not finished or scores[-1] is None:
+        selected = finished[-1] if finished else {}
+        return {"validation_accuracy": None, "best_validation_accuracy": None, "validation_accuracy_curve": [],
+                "validation_cost_curve": [], "selected_epoch": selected.get("epoch"),
+                "selected_validation_accuracy": None, "selected_test_accuracy": selected.get("test_accuracy")}
+    best = max(range(len(scores)), key=scores.__getitem__)
+    selected = finished[best] if config.select == "best" else finished[-1]
+    return {
+        "validation_accuracy": scores[-1], "best_validation_accuracy": scores[best], "validation_accuracy_curve": scores,
+        "validation_cost_curve": [h.get("validation_cost") for h in finished], "selected_epoch": selected["epoch"],
+        "selected_validation_accuracy": selected["validation_accuracy"], "selected_test_accuracy": selected["test_accuracy"],
+    }
+
+
+def ranking_metric(records: Sequence[dict]) -> str:
+    """What a set of records is ranked on: ``selected_validation_accuracy`` when every finished
+    one has a validation split (selection never reads the test set), else ``test_accuracy``."""
+    finished = [r for r in records if r.get("status") == "ok"]
+    if finished and all(r.get("selected_validation_accuracy") is not None for r in finished):
+        return "selected_validation_accuracy"
+    return "test_accuracy"
+
+
+def metric_label(metric: str) -> str:
+    """``validation accuracy`` or ``test accuracy``: what a ranking says it used."""
+    return "validation accuracy" if metric.startswith("selected_validation") else "test accuracy"
 
 
 def record_config(record: dict) -> TrainConfig:
@@ -71,18 +106,28 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def _sort_key(record: dict):
-    accuracy = record.get("test_accuracy") if record.get("status") == "ok" else None
-    return (accuracy is None, -(record.get("test_accuracy") or 0.0))
+def ranked(records: Sequence[dict]) -> list[dict]:
+    """``records`` best first by ``ranking_metric`` (stalled and diverged runs last)."""
+    metric = ranking_metric(records)
+
+    def key(record: dict):
+        value = record.get(metric) if record.get("status") == "ok" else None
+        return (value is None, -(value or 0.0))
+
+    return sorted(records, key=key)
 
 
 def format_table(records: Sequence[dict], limit: int | None = None) -> str:
-    """A text table of ``records``, best final test accuracy first (stalled and diverged runs
-    last): hidden shape, rate, seed, any other field that varies, final and best test accuracy
-    (%), final training accuracy (%), final cost and status."""
-    records = sorted(records, key=_sort_key)
+    """A text table of ``records``, best first by validation accuracy where every run has a
+    split, else by final test accuracy (stalled and diverged runs last): hidden shape, rate,
+    seed, any other field that varies, the selected epoch's validation accuracy (%) where there
+    is one, final and best test accuracy (%), final training accuracy (%), final cost, status."""
+    metric = ranking_metric(records)
+    records = ranked(records)
+    validated = metric != "test_accuracy"
     varying = [c for c in VARYING_COLUMNS if len({json.dumps(r.get(c)) for r in records}) > 1]
-    header = ["#", "hidden", "lr", "seed", *varying, "test %", "best %", "train %", "train cost", "status"]
+    header = ["#", "hidden", "lr", "seed", *varying, *(["val %"] if validated else []), "test %", "best %", "train %",
+              "train cost", "status"]
     rows = []
     for rank, r in enumerate(records[:limit] if limit else records, 1):
         status = f"diverged@{r['diverged_epoch']}" if r.get("status") == "diverged" else r.get("status", "ok")
@@ -90,7 +135,8 @@ def format_table(records: Sequence[dict], limit: int | None = None) -> str:
         rows.append(
             [str(rank), ",".join(map(str, r["hidden"])) or "-", f"{r['lr']:g}", str(r["seed"]),
              *(str(r.get(c)) for c in varying),
-             _percent(r.get("test_accuracy")), _percent(r.get("best_test_accuracy")),
+             *([_percent(r.get("selected_validation_accuracy"))] if validated else []),
+             _percent(r.get("selected_test_accuracy") if validated else r.get("test_accuracy")), _percent(r.get("best_test_accuracy")),
              _percent(r.get("train_accuracy")), cost, status]
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
@@ -98,10 +144,12 @@ def format_table(records: Sequence[dict], limit: int | None = None) -> str:
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
     if limit and len(records) > limit:
         lines.append(f"... and {len(records) - limit} more")
+    lines.append(f"(ranked by {metric_label(metric)}" + ("; test % is the selected epoch's)" if validated else ")"))
     return "\n".join(lines)
 
 
-SUMMARY_METRICS = ("test_accuracy", "best_test_accuracy", "train_accuracy")
+SUMMARY_METRICS = ("test_accuracy", "best_test_accuracy", "train_accuracy", "selected_validation_accuracy",
+                   "selected_test_accuracy")
 
 
 def aggregate(records: Sequence[dict], by: Sequence[str] = ("hidden",)) -> list[dict]:

@@ -30,9 +30,10 @@ import numpy as np
 
 from jaxdigits.core.errors import ConfigError, RunFolderError
 from jaxdigits.files import json_safe, write_atomic, write_json
-from jaxdigits.core.metrics import analyse, robustness
+from jaxdigits.core.metrics import analyse, mcnemar, robustness, wilson_interval
+from jaxdigits.records import ranking_metric
 from jaxdigits.core.transforms import ROBUSTNESS
-from jaxdigits.core.model import Network, check_images, check_labels
+from jaxdigits.core.model import Network, _forward, check_images, check_labels
 
 # --- one network's report -------------------------------------------------------------------
 
@@ -74,6 +75,7 @@ def measure(network: Network, images: np.ndarray, labels: np.ndarray, name: str 
     return {
         "name": name, "sizes": list(network.sizes), "activation": network.activation, "output": network.output,
         "test_examples": n, "correct": int(numbers["correct_count"]), "accuracy": int(numbers["correct_count"]) / n,
+        "accuracy_ci": list(wilson_interval(int(numbers["correct_count"]), n)),
         "confusion_matrix": numbers["confusion_matrix"].tolist(),
         "per_class": per_class, "macro_f1": float(np.mean(per_class["f1"])),
         "confused_pairs": pairs, "mistakes": mistakes,
@@ -106,9 +108,22 @@ def report(run: Any, data=None, *, data_dir: str | os.PathLike | None = None, ou
             raise ConfigError(f"--compare: {exc}") from None
     results = [measure(n, data.test_images, data.test_labels, network_name(n, s), seed, strengths) for n, s in networks]
     result = {"dataset": data.name, "seed": seed, "networks": results, "figures": {}}
+    if compare is not None:
+        result["comparison"] = compare_networks(networks[0][0], networks[1][0], data.test_images, data.test_labels)
     if out_dir is not None:
         result["figures"] = write_report(result, data.test_images, Path(out_dir))
     return result
+
+
+def compare_networks(a: Network, b: Network, images: np.ndarray, labels: np.ndarray, level: float = 0.05) -> dict[str, Any]:
+    """Whether two networks' accuracies differ on the same test set: McNemar's exact test on the
+    examples exactly one of them gets right (``metrics.mcnemar``), significant below ``level``."""
+    def correct(network: Network) -> np.ndarray:
+        z = _forward(network, jnp.asarray(images, network.dtype))
+        return np.asarray(jnp.argmax(z, axis=-1) == jnp.asarray(labels))
+
+    test = mcnemar(correct(a), correct(b))
+    return {**test, "level": level, "significant": test["p_value"] < level}
 
 
 def summary_table(result: dict[str, Any]) -> str:
@@ -117,6 +132,7 @@ def summary_table(result: dict[str, Any]) -> str:
     networks = result["networks"]
     rows = [("", [n["name"] for n in networks]),
             ("test accuracy", [f"{100 * n['accuracy']:.2f} %" for n in networks]),
+            ("95 % interval (Wilson)", [f"{100 * n['accuracy_ci'][0]:.2f} – {100 * n['accuracy_ci'][1]:.2f} %" for n in networks]),
             ("macro F1", [f"{n['macro_f1']:.4f}" for n in networks]),
             (f"ECE ({networks[0]['calibration']['bins']} bins)", [f"{n['calibration']['ece']:.4f}" for n in networks])]
     target = networks[0]["rejection"]["target"]
@@ -126,8 +142,17 @@ def summary_table(result: dict[str, Any]) -> str:
         rows.append((f"{name}: lowest accuracy (at)", [_worst_text(n["robustness"][name]) for n in networks]))
     width = max(len(label) for label, _ in rows)
     columns = [max(len(row[1][i]) for row in rows) for i in range(len(networks))]
-    return "\n".join(label.ljust(width) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, columns))
-                     for label, values in rows)
+    lines = [label.ljust(width) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, columns)) for label, values in rows]
+    if "comparison" in result:
+        lines.append(comparison_text(result["comparison"]))
+    return "\n".join(lines)
+
+
+def comparison_text(comparison: dict) -> str:
+    """One line on whether two networks differ (McNemar)."""
+    verdict = "a significant difference" if comparison["significant"] else "no significant difference"
+    return (f"McNemar: {comparison['only_a']} test images only the first gets right, {comparison['only_b']} only the "
+            f"second; p = {comparison['p_value']:.3g}: {verdict} at the {comparison['level']:g} level")
 
 
 def _rejection_text(rejection: dict) -> str:
@@ -519,17 +544,24 @@ def _status_marks(row: dict) -> str:
     return ", ".join(marks)
 
 
-def sweep_summary(records: Sequence[dict], axes: Sequence[str]) -> list[dict]:
+def sweep_summary(records: Sequence[dict], axes: Sequence[str], metric: str = "test_accuracy") -> list[dict]:
     """One row per configuration over the seeds (``records.aggregate`` by ``axes``), best mean
-    final test accuracy first (configurations with a diverged or stalled seed after the rest)."""
+    ``metric`` first (configurations with a diverged or stalled seed after the rest), each with
+    a 95 % Wilson interval for its mean (``{metric}_ci``) on the split's examples."""
     from jaxdigits.records import aggregate
 
     rows = aggregate(records, by=tuple(axes) or ("hidden",))
-    return sorted(rows, key=lambda r: (bool(r["diverged"] or r["stalled"]), -(r["test_accuracy_mean"] or 0.0)))
+    split = "validation" if metric.startswith("selected_validation") else "test"
+    examples = next((r.get(f"{split}_examples") for r in records if r.get(f"{split}_examples")), None)
+    for row in rows:
+        mean = row[f"{metric}_mean"]
+        row[f"{metric}_ci"] = list(wilson_interval(round(mean * examples), examples)) if mean is not None and examples else None
+    return sorted(rows, key=lambda r: (bool(r["diverged"] or r["stalled"]), -(r[f"{metric}_mean"] or 0.0)))
 
 
-def heatmap_figure(records: Sequence[dict], x: str, y: str | None):
-    """Mean final test accuracy over the seeds for each (``x``, ``y``), ``± std`` in the cell;
+def heatmap_figure(records: Sequence[dict], x: str, y: str | None, metric: str = "test_accuracy"):
+    """Mean ``metric`` (final test accuracy, or the selected epoch's validation accuracy) over the
+    seeds for each (``x``, ``y``), ``± std`` in the cell;
     cells with a diverged (red frame) or stalled (orange, dashed) seed are marked and say so."""
     from jaxdigits.records import aggregate
     from matplotlib.patches import Rectangle
@@ -544,19 +576,19 @@ def heatmap_figure(records: Sequence[dict], x: str, y: str | None):
     for i, yv in enumerate(ys):
         for j, xv in enumerate(xs):
             row = cells.get((json.dumps(xv), json.dumps(yv)))
-            if row is not None and row["test_accuracy_mean"] is not None:
-                grid[i, j] = 100 * row["test_accuracy_mean"]
+            if row is not None and row[f"{metric}_mean"] is not None:
+                grid[i, j] = 100 * row[f"{metric}_mean"]
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     low, high = np.nanmin(grid) if np.isfinite(grid).any() else 0, np.nanmax(grid) if np.isfinite(grid).any() else 1
     for i, yv in enumerate(ys):
         for j, xv in enumerate(xs):
             row = cells.get((json.dumps(xv), json.dumps(yv)))
-            if row is None or row["test_accuracy_mean"] is None:
+            if row is None or row[f"{metric}_mean"] is None:
                 ax.text(j, i, "not yet", ha="center", va="center", fontsize=7, color="grey")
                 continue
-            text = f"{100 * row['test_accuracy_mean']:.1f}"
+            text = f"{100 * row[f'{metric}_mean']:.1f}"
             if row["runs"] > 1:
-                text += f"\n±{100 * row['test_accuracy_std']:.1f}"
+                text += f"\n±{100 * row[f'{metric}_std']:.1f}"
             marks = _status_marks(row)
             light = grid[i, j] > low + 0.6 * (high - low)
             ax.text(j, i, text + (f"\n{marks}" if marks else ""), ha="center", va="center", fontsize=7.5,
@@ -569,9 +601,9 @@ def heatmap_figure(records: Sequence[dict], x: str, y: str | None):
     ax.set_yticks(range(len(ys)), [value_text(v) for v in ys] if y else [""])
     ax.set_xlabel(x), ax.set_ylabel(y or "")
     seeds = len(axis_values(records, "seed"))
-    ax.set_title(f"Final test accuracy (%), mean ± std over {seeds} seed{'s' * (seeds > 1)}\n"
+    ax.set_title(f"{metric_title(metric)} (%), mean ± std over {seeds} seed{'s' * (seeds > 1)}\n"
                  "red frame: a seed diverged; orange dashed: stalled", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="test accuracy (%)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"{metric_title(metric).lower()} (%)")
     return fig
 
 
@@ -612,7 +644,12 @@ def curves_figure(records: Sequence[dict], group: str):
     return fig
 
 
-def best_figure(rows: Sequence[dict], records: Sequence[dict], axes: Sequence[str], top: int):
+def metric_title(metric: str) -> str:
+    """How a figure names what it ranks on."""
+    return "Validation accuracy (selected epoch)" if metric.startswith("selected_validation") else "Final test accuracy"
+
+
+def best_figure(rows: Sequence[dict], records: Sequence[dict], axes: Sequence[str], top: int, metric: str = "test_accuracy"):
     """The best ``top`` configurations and every one with a failed seed: each seed's final
     test accuracy as a dot, the mean as a bar; failed ones in red (diverged) or orange (stalled)."""
     plt = pyplot()
@@ -623,16 +660,16 @@ def best_figure(rows: Sequence[dict], records: Sequence[dict], axes: Sequence[st
     for k, row in enumerate(shown):
         runs = [r for r in records if all(json.dumps(r[a]) == json.dumps(row[a]) for a in axes)]
         colour = "red" if row["diverged"] else ("darkorange" if row["stalled"] else "tab:blue")
-        ax.barh(k, 100 * (row["test_accuracy_mean"] or 0), color=colour, alpha=0.3)
-        ax.plot([100 * (r["test_accuracy"] or 0) for r in runs], [k] * len(runs), "o", color=colour, ms=4)
-        label = f"{100 * (row['test_accuracy_mean'] or 0):.2f} ± {100 * (row['test_accuracy_std'] or 0):.2f}"
+        ax.barh(k, 100 * (row[f"{metric}_mean"] or 0), color=colour, alpha=0.3)
+        ax.plot([100 * (r[metric] or 0) for r in runs], [k] * len(runs), "o", color=colour, ms=4)
+        label = f"{100 * (row[f'{metric}_mean'] or 0):.2f} ± {100 * (row[f'{metric}_std'] or 0):.2f}"
         marks = _status_marks(row)
         ax.text(1, k, label + (f"  ({marks})" if marks else ""), va="center", fontsize=7.5)
     ax.set_yticks(range(len(shown)), [" ".join(f"{a} {value_text(row[a])}" for a in axes) or "all" for row in shown],
                   fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("final test accuracy (%): bar the mean, dots the seeds")
+    ax.set_xlabel(f"{metric_title(metric).lower()} (%): bar the mean, dots the seeds")
     ax.set_title(f"Best configurations{' and those with failed seeds (red: diverged, orange: stalled)' if failed else ''}",
                  fontsize=10)
     return fig
@@ -682,7 +719,9 @@ def write_sweep_tables(out: Path, rows: Sequence[dict], records: Sequence[dict],
     """``summary.csv`` (one row per configuration over its seeds) and ``runs.csv`` (one per run)."""
     from jaxdigits.core.config import FIELDS
 
-    metrics = [f"{m}_{s}" for m in ("test_accuracy", "best_test_accuracy", "train_accuracy") for s in ("mean", "std", "min", "max")]
+    from jaxdigits.records import SUMMARY_METRICS
+
+    metrics = [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std", "min", "max")]
     write_csv(out / "summary.csv", [*axes, "runs", "diverged", "stalled", *metrics],
               [[value_text(row[a]) for a in axes] + [row["runs"], row["diverged"], row["stalled"]] + [row[m] for m in metrics] for row in rows])
     fields = [name for name in FIELDS if any(name in r for r in records)]
@@ -709,11 +748,12 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     for axis in (x, y):
         if axis and axis not in axes:
             axes.append(axis)
-    rows = sweep_summary(records, axes)
+    metric = ranking_metric(records)
+    rows = sweep_summary(records, axes, metric)
     out = Path(out_dir) if out_dir is not None else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"heatmap": heatmap_figure(records, x, y), "curves": curves_figure(records, group),
-               "best": best_figure(rows, records, axes, top)}
+    figures = {"heatmap": heatmap_figure(records, x, y, metric), "curves": curves_figure(records, group),
+               "best": best_figure(rows, records, axes, top, metric)}
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
     for name, png in pngs.items():
         write_atomic(out / f"{name}.png", png)
@@ -721,7 +761,7 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     statuses = {s: sum(r.get("status") == s for r in records) for s in ("ok", "diverged", "stalled")}
     result = {
         "sweep": str(folder), "finished": len(records), "planned": planned, "statuses": statuses,
-        "x": x, "y": y, "group": group, "axes": axes, "configurations": json_safe(rows),
+        "x": x, "y": y, "group": group, "axes": axes, "ranked_by": metric, "configurations": json_safe(rows),
         "problems": problems, "figures": {name: f"{name}.png" for name in pngs},
         "files": ["summary.csv", "runs.csv", "report.json", "report.html"],
     }
@@ -730,12 +770,15 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     return result
 
 
-def _row_cells(row: dict, axes: Sequence[str]) -> list:
+def _row_cells(row: dict, axes: Sequence[str], metric: str) -> list:
     marks = _status_marks(row)
     percent = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    ci = row.get(f"{metric}_ci")
     return [*(value_text(row[a]) for a in axes), row["runs"],
-            f"{percent(row['test_accuracy_mean'])} ± {percent(row['test_accuracy_std'])}",
-            f"{percent(row['test_accuracy_min'])} – {percent(row['test_accuracy_max'])}",
+            f"{percent(row[f'{metric}_mean'])} ± {percent(row[f'{metric}_std'])}",
+            f"{percent(ci[0])} – {percent(ci[1])}" if ci else "-",
+            f"{percent(row[f'{metric}_min'])} – {percent(row[f'{metric}_max'])}",
+            *([percent(row["selected_test_accuracy_mean"])] if metric != "test_accuracy" else []),
             percent(row["best_test_accuracy_mean"]),
             (marks, "bad" if row["diverged"] else "warn") if marks else "ok"]
 
@@ -745,17 +788,21 @@ def sweep_html(result: dict, pngs: dict[str, bytes], top: int = 10) -> str:
     axes, rows = result["axes"], result["configurations"]
     finished = f"{result['finished']} of {result['planned']}" if result["planned"] else str(result["finished"])
     statuses = ", ".join(f"{count} {status}" for status, count in result["statuses"].items() if count)
-    header = [*axes, "seeds", "test % (mean ± std)", "min – max", "best epoch %", "status"]
+    metric = result.get("ranked_by", "test_accuracy")
+    name = "validation %" if metric != "test_accuracy" else "test %"
+    header = [*axes, "seeds", f"{name} (mean ± std)", "95 % interval", "min – max",
+              *(["test % (selected epoch)"] if metric != "test_accuracy" else []), "best test epoch %", "status"]
     good = [r for r in rows if not (r["diverged"] or r["stalled"])][:top]
     failed = [r for r in rows if r["diverged"] or r["stalled"]]
     sections = [f"<p class=\"note\">{finished} runs finished ({statuses}). Heatmap axes: {html.escape(result['x'])}"
                 f"{' × ' + html.escape(result['y']) if result['y'] else ''}; means over seeds and any other axis. "
+                f"Ranked by {html.escape(metric_title(metric).lower())}. "
                 "Every number is in report.json, summary.csv and runs.csv.</p>"]
     sections += [f"<p class=\"warn\">{html.escape(p)}</p>" for p in result["problems"]]
-    sections += ["<h2>Best configurations</h2>", html_table(header, [_row_cells(r, axes) for r in good])]
+    sections += ["<h2>Best configurations</h2>", html_table(header, [_row_cells(r, axes, metric) for r in good])]
     if failed:
-        sections += ["<h2>Diverged or stalled</h2>", html_table(header, [_row_cells(r, axes) for r in failed])]
-    captions = {"heatmap": "Final test accuracy over two axes, mean ± std over the seeds.",
+        sections += ["<h2>Diverged or stalled</h2>", html_table(header, [_row_cells(r, axes, metric) for r in failed])]
+    captions = {"heatmap": f"{metric_title(metric)} over two axes, mean ± std over the seeds.",
                 "curves": "Every run's test accuracy and training cost per epoch.",
                 "best": "The best configurations, each seed a dot."}
     for name in SWEEP_FIGURES:

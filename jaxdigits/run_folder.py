@@ -54,17 +54,17 @@ class RunFolder:
         if not self.resume:
             return {}
         [config] = configs
-        state, history = self.load_training(config, fresh(config))
+        state, history, best = self.load_training(config, fresh(config))
         self.saved_epochs = len(history)
-        return {config_id(config): Start(state, tuple(history))}
+        return {config_id(config): Start(state, tuple(history), best)}
 
-    def epoch_done(self, config: TrainConfig, state, history: list[dict]) -> None:
-        self.save_training(config, state(), history)
+    def epoch_done(self, config: TrainConfig, state, history: list[dict], best) -> None:
+        self.save_training(config, state(), history, best() if config.select == "best" else None)
 
     def finish(self, results) -> None:
         [result] = results
         record = {**result.record, "data": self.data_info, "environment": environment_info()}
-        self.save_result(result.state().params, record, result.history)
+        self.save_result(result.network(), record, result.history)
 
     def close(self) -> None:
         if self.lock is not None:
@@ -85,8 +85,9 @@ class RunFolder:
         path = self.path / CHECKPOINT_FILE
         return int(load_arrays(path, TRAINING_FORMAT)[1].get("epoch", 0)) if path.is_file() else 0
 
-    def save_training(self, config: TrainConfig, state, history: list[dict]) -> None:
-        """Atomically checkpoint everything needed to resume after the last complete epoch.
+    def save_training(self, config: TrainConfig, state, history: list[dict], best=None) -> None:
+        """Atomically checkpoint everything needed to resume after the last complete epoch (with
+        ``best``, the best network on validation so far too).
 
         The checkpoint and ``history.json`` are written with Ctrl-C and SIGTERM held off, so both
         always describe the same epoch.
@@ -94,6 +95,8 @@ class RunFolder:
         tensors = params_to_tensors(state.params)
         tensors.update({f"opt_state.{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree_util.tree_leaves(state.opt_state))})
         tensors["rng.seed_key"] = np.asarray(jax.random.PRNGKey(config.seed))
+        if best is not None:
+            tensors.update(params_to_tensors(best, "best"))
         info = {
             "config": config.to_dict(), "network": network_spec(state.params), "epoch": len(history),
             "history": history, "data": self.data_info, "environment": environment_info(),
@@ -103,8 +106,9 @@ class RunFolder:
             write_json(self.path / HISTORY_FILE, history)
             self.saved_epochs = len(history)
 
-    def load_training(self, config: TrainConfig, template) -> tuple[Any, list[dict]]:
-        """``(state, history)`` from the checkpoint; ``template`` is a fresh state of the same config.
+    def load_training(self, config: TrainConfig, template) -> tuple[Any, list[dict], Any]:
+        """``(state, history, best)`` from the checkpoint (``best``: the best network on validation
+        so far, with ``select="best"``, else ``None``); ``template`` is a fresh state of the same config.
 
         Refuses a checkpoint of another config (epochs aside) or of other data.
         """
@@ -120,10 +124,11 @@ class RunFolder:
                 f"--epochs {config.epochs}; pass --epochs {len(history)} or more"
             )
         opt_state = _restore_opt_state(path, tensors, template.opt_state, config)
+        best = network_from_tensors(tensors, info.get("network"), path, "best") if config.select == "best" else None
         network = network_from_tensors(tensors, info.get("network"), path)
         if network_spec(network) != network_spec(template.params):
             raise CheckpointError(f"{path}: the saved network {network_spec(network)} is not this config's")
-        return type(template)(network, opt_state), history
+        return type(template)(network, opt_state), history, best
 
     def _checkpoint_path(self) -> Path:
         path = self.path / CHECKPOINT_FILE

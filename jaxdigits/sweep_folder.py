@@ -27,7 +27,7 @@ from jaxdigits.core.metrics import STATUSES
 from jaxdigits.records import config_id
 
 SWEEP_FORMAT = "jaxdigits-sweep"
-SWEEP_FORMAT_VERSION = 2
+SWEEP_FORMAT_VERSION = 3
 SWEEP_FILE, RESULTS_FILE = SWEEP_MARKERS
 
 
@@ -150,7 +150,7 @@ class SweepFolder:
             self.close()
             raise
 
-    def epoch_done(self, config, state, history) -> None:
+    def epoch_done(self, config, state, history, best) -> None:
         pass  # a sweep keeps finished configurations only
 
     def finish(self, results) -> None:

@@ -12,7 +12,7 @@ from jaxdigits.core.epoch import TrainState, check_dtype, init_state, run_keys
 from jaxdigits.core.model import Network
 from jaxdigits.data import load_mnist
 from jaxdigits.devices import check_fits, config_mesh, mesh_for
-from jaxdigits.driver import NO_SINK, Start, put_data, run_group
+from jaxdigits.driver import NO_SINK, Start, check_selection, put_data, run_group
 from jaxdigits.progress import Progress
 from jaxdigits.records import config_id
 from jaxdigits.run_folder import RunFolder
@@ -49,10 +49,12 @@ class TrainResult(NamedTuple):
 
 def format_epoch(record: dict, epochs: int) -> str:
     """The one line printed per epoch."""
+    validation = record.get("validation_accuracy")
     return (
         f"epoch {record['epoch']:>3}/{epochs}  cost {record['train_cost']:.4f}  "
-        f"train {100 * record['train_accuracy']:.2f}%  test {100 * record['test_accuracy']:.2f}%  "
-        f"{record['seconds']:.2f}s"
+        f"train {100 * record['train_accuracy']:.2f}%  "
+        + (f"validation {100 * validation:.2f}%  " if validation is not None else "")
+        + f"test {100 * record['test_accuracy']:.2f}%  {record['seconds']:.2f}s"
     )
 
 
@@ -83,6 +85,7 @@ def train(
     if config.dataset != data.name:  # your own arrays, or files that turned out to be another dataset
         config = config.replace(dataset=data.name)
     check_fits(config, data)
+    check_selection(config, data.held_out(config.validation))
     data_info = data.describe() if out_dir is not None else None
     sink = RunFolder(out_dir, resume=resume, overwrite=overwrite, data_info=data_info) if out_dir is not None else NO_SINK
     try:
@@ -97,8 +100,7 @@ def train(
             f"the run stalled: training accuracy {100 * result.record['train_accuracy']:.1f}% is at chance and the cost "
             f"stopped falling at {result.record['train_cost']:.4g}; try a smaller lr", StalledWarning, stacklevel=2,
         )
-    state = result.state()
-    return TrainResult(state.params, result.history, result.record["status"], state, config, result.record)
+    return TrainResult(result.network(), result.history, result.record["status"], result.state(), config, result.record)
 
 
 def _run(config: TrainConfig, data: Dataset, sink, start: Start, progress: bool):
@@ -110,5 +112,6 @@ def _run(config: TrainConfig, data: Dataset, sink, start: Start, progress: bool)
             if not histories[0][-1].get("diverged"):
                 bar.write(format_epoch(histories[0][-1], epochs))
 
-        [result] = run_group([config], put_data(data, mesh, config.dtype), sink, mesh=mesh, start=start, on_epoch=on_epoch)
+        device_data = put_data(data.held_out(config.validation), mesh, config.dtype)
+        [result] = run_group([config], device_data, sink, mesh=mesh, start=start, on_epoch=on_epoch)
     return result

@@ -28,6 +28,7 @@ SEED_LIMIT = 2**32  # jax.random.PRNGKey takes 32-bit seeds; larger ones would a
 COUNT_LIMIT = 2**31 - 1
 DTYPES = ("float32", "float64")
 AUGMENTS = ("none", "affine", "elastic")
+SELECTS = ("last", "best")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,9 @@ class TrainConfig:
     elastic_sigma: float = _setting(3.0, kind="float", help="augment elastic: smoothing width sigma, pixels", low=0.5, high=20.0)
     dataset: str = _setting("mnist", kind="name", help="dataset to load (your own arrays: any name)", choices=DATASETS)
     dtype: str = _setting("float32", kind="name", help="float type of params and data (float64 needs jax_enable_x64)", choices=DTYPES)
+    validation: int = _setting(0, kind="int", help="hold out the last N training images for validation, never trained on (0: none)", low=0, high=COUNT_LIMIT)
+    select: str = _setting("last", kind="name", help="the network a run keeps: the last epoch's, or the best on validation", choices=SELECTS)
+    patience: int = _setting(0, kind="int", help="stop when validation accuracy has not improved for N epochs (0: never)", low=0, high=10**6)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -29,7 +29,7 @@ from jaxdigits.core.config import TrainConfig, program_key
 from jaxdigits.core.dataset import Dataset
 from jaxdigits.core.epoch import init_state, make_guarded_epoch, run_keys
 from jaxdigits.core.errors import ConfigError
-from jaxdigits.core.metrics import EVAL_CHUNK, count_correct
+from jaxdigits.core.metrics import EVAL_CHUNK, make_score
 
 MESH_AXIS = "configs"
 
@@ -163,9 +163,10 @@ def exact_group_epoch(mesh: Mesh, cells: PartitionSpec) -> Callable[[TrainConfig
     return build
 
 
-def group_count(program: TrainConfig) -> Callable:
-    """``count(networks, images, labels) -> (S, L)`` correct answers of every member."""
-    return over_rectangle(count_correct, (True, False, False), (True, False, False))
+def group_score(program: TrainConfig) -> Callable:
+    """``score(networks, images, labels) -> ((S, L) correct, (S, L) cost sums)`` of every member
+    (``metrics.make_score`` under the rectangle's ``vmap``)."""
+    return over_rectangle(make_score(program), (True, False, False), (True, False, False))
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:

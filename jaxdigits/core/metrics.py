@@ -10,12 +10,15 @@ program.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdigits.core.config import TrainConfig
+from jaxdigits.core.costs import resolve_cost
 from jaxdigits.core.epoch import as_inputs
 from jaxdigits.core.model import OUTPUTS, Network, _forward, check_images, check_labels, correct_count
 from jaxdigits.core.transforms import ROBUSTNESS
@@ -39,22 +42,41 @@ def count_correct(network: Network, images: jax.Array, labels: jax.Array) -> jax
 _count_correct = jax.jit(count_correct)
 
 
+def make_score(config: TrainConfig) -> Callable[[Network, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """``score(network, images (N, inputs), labels (N,)) -> (correct, cost_sum)``: how many
+    answers are right and ``sum_x cost.per_example(z(x), label(x))``, the config's cost without
+    its penalty, in one forward pass (images as floats or uint8 pixels)."""
+    cost = resolve_cost(config.cost)
+
+    def score(network: Network, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        z = _forward(network, as_inputs(images, network.dtype))
+        return jnp.sum(jnp.argmax(z, axis=-1) == labels), jnp.sum(cost.per_example(z, labels))
+
+    return score
+
+
 def eval_chunks(images: jax.Array, labels: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
     """``images``/``labels`` in slices of ``EVAL_CHUNK``, made once and reused every epoch."""
     return [(images[s : s + EVAL_CHUNK], labels[s : s + EVAL_CHUNK]) for s in range(0, images.shape[0], EVAL_CHUNK)]
 
 
-def chunked_accuracy(count: Callable, params, chunks: Sequence[tuple[jax.Array, jax.Array]], fetch=np.asarray) -> np.ndarray:
-    """Exact counts of ``count(params, images, labels)`` summed over ``chunks``, then divided."""
-    correct = sum(fetch(count(params, images, labels)).astype(np.int64) for images, labels in chunks)
-    return correct / sum(labels.shape[0] for _, labels in chunks)
+def chunked_mean(fn: Callable, params, chunks: Sequence[tuple[jax.Array, jax.Array]], fetch=np.asarray):
+    """Sums of ``fn(params, images, labels)`` (a count, or a tuple of sums) over ``chunks``,
+    added exactly on the host (counts as int64, sums as float64), then divided by the examples."""
+    totals = None
+    for images, labels in chunks:
+        parts = jax.tree_util.tree_map(lambda x: fetch(x).astype(np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64),
+                                       fn(params, images, labels))
+        totals = parts if totals is None else jax.tree_util.tree_map(np.add, totals, parts)
+    count = sum(labels.shape[0] for _, labels in chunks)
+    return jax.tree_util.tree_map(lambda total: total / count, totals)
 
 
 def evaluate(network: Network, images: jax.Array, labels: jax.Array) -> float:
     """Accuracy of ``network`` on ``images (N, inputs)``, ``labels (N,)``, counted in chunks."""
     check_images(network, images, "evaluate")
     check_labels(network, images, labels, "evaluate")
-    return float(chunked_accuracy(_count_correct, network, eval_chunks(jnp.asarray(images), jnp.asarray(labels))))
+    return float(chunked_mean(_count_correct, network, eval_chunks(jnp.asarray(images), jnp.asarray(labels))))
 
 
 def chance_level(labels: np.ndarray) -> float:
@@ -66,7 +88,9 @@ def run_status(history: Sequence[dict], chance: float) -> str:
     """``diverged`` when an epoch's cost became NaN or infinite; ``stalled`` when the last
     training accuracy is within ``STALL_MARGIN`` of ``chance`` (the share of the most common
     training class) and its last cost is not ``STALL_MIN_DROP`` (relative) below the lowest of the
-    ``STALL_WINDOW`` epochs before it (so a run needs two epochs to be called stalled); else ``ok``."""
+    ``STALL_WINDOW`` epochs before it. A run of at most ``STALL_WINDOW`` epochs that ends at
+    chance is stalled whatever its cost did (a few epochs cannot tell a slow start from saturated
+    units, and such a run's result is no result); else ``ok``."""
     if any(h.get("diverged") for h in history):
         return "diverged"
     finished = [h for h in history if h.get("train_cost") is not None]
@@ -76,7 +100,7 @@ def run_status(history: Sequence[dict], chance: float) -> str:
     if accuracy is None or accuracy > chance + STALL_MARGIN:
         return "ok"
     costs = [h["train_cost"] for h in finished[-STALL_WINDOW - 1 :]]
-    falling = len(costs) < 2 or costs[-1] < (1 - STALL_MIN_DROP) * min(costs[:-1])
+    falling = len(finished) > STALL_WINDOW and costs[-1] < (1 - STALL_MIN_DROP) * min(costs[:-1])
     return "ok" if falling else "stalled"
 
 
@@ -250,3 +274,38 @@ def robustness(network: Network, images: jax.Array, labels: jax.Array, seed: int
         curves[name] = {"strengths": list(values), "identity": perturbation.identity,
                         "accuracy": (np.asarray(counts) / images.shape[0]).tolist()}
     return curves
+
+
+# --- how sure a measured accuracy is ----------------------------------------------------------
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval for an accuracy of ``correct`` out of ``total`` (95 % for the
+    default ``z``): ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with
+    ``p = correct/n`` (Wilson 1927; Brown, Cai and DasGupta 2001)."""
+    if total <= 0:
+        raise ValueError("an interval needs at least one example")
+    p, n = correct / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def binomial_se(accuracy: float, total: int) -> float:
+    """The standard error of an accuracy measured on ``total`` examples, ``sqrt(p(1-p)/n)``."""
+    return math.sqrt(accuracy * (1 - accuracy) / total)
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
+    """McNemar's exact test of two classifiers on the same examples (``(N,) bool`` each):
+    ``b`` = examples only A gets right, ``c`` = only B; under "equally accurate" ``b ~
+    Binomial(b + c, 1/2)``, and the two-sided p-value is ``min(1, 2 P(X <= min(b, c)))``
+    (McNemar 1947; the exact form of Edwards' continuity-corrected test)."""
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError("McNemar's test compares answers on the same examples")
+    b, c = int(np.sum(correct_a & ~correct_b)), int(np.sum(~correct_a & correct_b))
+    n, k = b + c, min(b, c)
+    log_half = n * math.log(2.0)
+    tail = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - log_half) for i in range(k + 1))
+    return {"only_a": b, "only_b": c, "p_value": min(1.0, 2 * tail)}
