@@ -1,16 +1,22 @@
-"""Shared fixtures: the real data (from $JAXDIGITS_DATA_DIR) and a small synthetic data set."""
+"""Shared fixtures: the real data (from $JAXDIGITS_DATA_DIR), a small synthetic data set, IDX
+folders of it, and finished runs on it (trained in-process or by ``python -m jaxdigits``)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from jaxdigits.core.config import TrainConfig
 from jaxdigits.core.dataset import Dataset
 from jaxdigits.data import DATA_DIR_ENV, IDX_FILES, load_idx_folder
 
@@ -112,3 +118,67 @@ def deadline(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# --- command-line runs on small synthetic IDX data: tests/app/test_run_folder.py, test_cli.py and
+# test_training.py
+
+
+EPOCHS = 6
+
+
+def jaxdigits(*args, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m jaxdigits ARGS`` in a subprocess; stdout and stderr captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "jaxdigits", *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory) -> Path:
+    """200 training and 50 test images as raw IDX files: an epoch takes milliseconds."""
+    return write_idx_folder(tmp_path_factory.mktemp("small") / "data", synthetic_dataset(200, 50), compress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_dir) -> Path:
+    """An uninterrupted ``EPOCHS``-epoch command-line run on ``small_dir``."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    done = jaxdigits("train", "--data-dir", small_dir, "--out", out, "--epochs", EPOCHS)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory, small_dir):
+    """A fresh ``EPOCHS``-epoch run with an empty working folder, HOME and TMPDIR: returns the
+    root, the environment, the tree before the run, the run's --out folder and a copy of it."""
+    root = tmp_path_factory.mktemp("isolated")
+    for name in ("cwd", "home", "tmp"):
+        (root / name).mkdir()
+    env = {**os.environ, "HOME": str(root / "home"), "TMPDIR": str(root / "tmp"),
+           "XDG_CACHE_HOME": str(root / "home" / ".cache")}
+    out = root / "results" / "deep" / "run"
+    before = tree(root)
+    done = jaxdigits("train", "--data-dir", small_dir, "--out", out, "--epochs", EPOCHS, cwd=root / "cwd", env=env)
+    assert done.returncode == 0, done.stderr
+    return root, env, before, out, shutil.copytree(out, tmp_path_factory.mktemp("copy") / "run")
+
+
+# --- a finished run that hostile inputs are given to: tests/app/test_data.py, test_images.py and
+# test_cli.py (test_checkpoint.py and test_serve.py have a run_dir fixture of their own)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished one-epoch run on synthetic data."""
+    from jaxdigits.training import train
+
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    train(TrainConfig(epochs=1), dataclasses.replace(synthetic_dataset(), name="mnist"), out_dir=out)
+    return out

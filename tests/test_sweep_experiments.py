@@ -114,11 +114,15 @@ def test_best_mlp_quick_runs_every_setting_with_and_without_augmentation(mnist_d
     rows = summary["rows"]
     assert {r["setting"] for r in rows} == {"lesson", "no_augment", "elastic"}
     assert {(r["setting"], r["augment"]) for r in rows} >= {("lesson", "affine"), ("elastic", "none"), ("elastic", "elastic")}
-    for row in rows:  # each row is its sweep's records, averaged over seeds
+    for row in rows:  # each row is the configuration validation chose, averaged over its seeds
         records = jsonl(tmp_path / f"{row['setting']}_quick" / "results.jsonl")
-        mine = [r for r in records if r["augment"] == row["augment"] and sweep_study.shape_label(r["hidden"]) == row["network"]]
+        candidates = [r for r in records if r["augment"] == row["augment"]]
+        assert all(r["validation"] == 500 and r["select"] == "best" for r in candidates)
+        mine = [r for r in candidates if r["lr"] == row["lr"] and best_mlp.options_label(r, None) == row["options"]]
         assert row["runs"] == len(mine) >= 1
-        assert row["test_accuracy_mean"] == pytest.approx(np.mean([r["test_accuracy"] for r in mine]))
+        assert row["validation_accuracy_mean"] == max(r["selected_validation_accuracy"] for r in candidates) or len(mine) > 1
+        assert row["test_accuracy_mean"] == pytest.approx(np.mean([r["selected_test_accuracy"] for r in mine]))
+        assert row["test_standard_error"] == pytest.approx(np.sqrt(row["test_accuracy_mean"] * (1 - row["test_accuracy_mean"]) / 500))
         assert len(row["error_curve"]) == row["epochs"] == 2
     assert len(sweep_study.read_csv(tmp_path / "best_mlp.csv")) == len(rows)
     assert_png(tmp_path / "best_mlp.png")

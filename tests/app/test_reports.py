@@ -1,5 +1,5 @@
-"""Reports: hand-counted confusion matrices and scores, ECE and rejection against their formulas,
-a report of a one-epoch run on the real MNIST, two networks side by side, and sweep reports."""
+"""Reports (``jaxdigits.reports``): a report of a one-epoch run on the real MNIST, two networks
+side by side, sweep reports (finished or still running), and their one-line errors."""
 
 from __future__ import annotations
 
@@ -8,94 +8,17 @@ import csv
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxdigits as jd
 from jaxdigits import cli, reports
-from jaxdigits.core import metrics
 from jaxdigits.core.transforms import ROBUSTNESS
+from tests.conftest import synthetic_dataset
+
 
 # A few strengths per perturbation (the identity among them) keep the tests quick.
 FEW = {name: (p.strengths[0], p.identity, p.strengths[-1]) for name, p in ROBUSTNESS.items()}
-
-
-def identity_network(classes: int = 3, output: str = "softmax") -> jd.Network:
-    """One layer, ``z = x``: the answer is the position of the largest input."""
-    return jd.Network([{"w": jnp.eye(classes), "b": jnp.zeros(classes)}], "sigmoid", output)
-
-
-def test_confusion_matrix_and_class_scores_match_hand_counts():
-    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2], np.int32)
-    answers = np.array([0, 0, 1, 1, 2, 2, 2, 0, 2], np.int32)
-    expected = np.array([[2, 1, 0], [0, 1, 1], [1, 0, 3]])
-    # The same set through a network: each image is the one-hot answer, so z's argmax is the answer.
-    images = np.eye(3, dtype=np.float32)[answers] * 2.0
-    numbers = metrics.analyse(identity_network(), images, labels)
-    np.testing.assert_array_equal(numbers["confusion_matrix"], expected)
-    np.testing.assert_array_equal(metrics.confusion_matrix(labels, answers, 3), expected)
-    assert int(numbers["correct_count"]) == 6
-    scores = {k: np.asarray(v) for k, v in numbers["per_class"].items()}
-    precision = np.array([2 / 3, 1 / 2, 3 / 4])  # of the answers 0, 1, 2: right / given
-    recall = np.array([2 / 3, 1 / 2, 3 / 4])  # of the classes 0, 1, 2: found / present
-    np.testing.assert_allclose(scores["precision"], precision, rtol=1e-6)
-    np.testing.assert_allclose(scores["recall"], recall, rtol=1e-6)
-    np.testing.assert_allclose(scores["f1"], 2 * precision * recall / (precision + recall), rtol=1e-6)
-    np.testing.assert_array_equal(scores["support"], [3, 2, 4])
-    # The most confused pair is 0 -> 1, 1 -> 2 and 2 -> 0 (once each), with their images.
-    pairs = numbers["pairs"]
-    assert sorted(zip(np.asarray(pairs["true"][:3]).tolist(), np.asarray(pairs["answer"][:3]).tolist())) == [(0, 1), (1, 2), (2, 0)]
-    assert np.asarray(pairs["count"][:3]).tolist() == [1, 1, 1] and np.asarray(pairs["count"][3:]).max() == 0
-    first = np.asarray(pairs["examples"][0])
-    assert first[0] in (2, 4, 7) and np.all(first[1:] == -1)
-    mistakes = np.asarray(numbers["mistakes"]["index"])
-    assert sorted(mistakes[:3].tolist()) == [2, 4, 7] and np.all(mistakes[3:] == -1)
-
-
-def test_class_scores_are_zero_where_a_class_is_never_answered_or_absent():
-    scores = metrics.class_scores(jnp.array([[2, 0, 0], [1, 0, 0], [0, 0, 0]]))
-    np.testing.assert_allclose(scores["precision"], [2 / 3, 0, 0], rtol=1e-6)
-    np.testing.assert_allclose(scores["recall"], [1, 0, 0])
-    assert np.all(np.isfinite(np.asarray(scores["f1"])))
-
-
-def test_ece_matches_its_formula_on_hand_made_confidences():
-    confidence = jnp.array([0.95, 0.95, 0.55, 0.25, 1.0])
-    correct = jnp.array([True, False, True, False, True])
-    c = jax.jit(metrics.calibration, static_argnums=2)(confidence, correct, 10)
-    # bins: 9 holds 0.95, 0.95, 1.0 (acc 2/3, conf 0.9667); 5 holds 0.55 (acc 1); 2 holds 0.25 (acc 0)
-    by_hand = (3 / 5) * abs(2 / 3 - (0.95 + 0.95 + 1.0) / 3) + (1 / 5) * abs(1 - 0.55) + (1 / 5) * abs(0 - 0.25)
-    assert float(c["ece"]) == pytest.approx(by_hand, rel=1e-6)
-    np.testing.assert_array_equal(c["counts"], [0, 0, 1, 0, 0, 1, 0, 0, 0, 3])
-    # and against the formula written out, on many random confidences
-    rng = np.random.default_rng(0)
-    conf = rng.uniform(0.1, 1.0, 2000).astype(np.float32)
-    hits = rng.uniform(size=2000) < conf ** 2
-    bins = np.minimum((conf * 15).astype(int), 14)
-    formula = sum((bins == b).sum() / 2000 * abs(hits[bins == b].mean() - conf[bins == b].mean())
-                  for b in range(15) if (bins == b).any())
-    assert float(metrics.calibration(jnp.asarray(conf), jnp.asarray(hits), 15)["ece"]) == pytest.approx(formula, abs=1e-6)
-
-
-def test_rejection_threshold_never_splits_equal_confidences():
-    confidence = jnp.array([0.9, 0.8, 0.8, 0.6, 0.5])
-    correct = jnp.array([True, True, False, True, False])
-    r = metrics.rejection(confidence, correct, target=0.75, levels=5)
-    # answering >= 0.6 gives 3 of 4 right; >= 0.5 gives 3 of 5; a cut inside the two 0.8s is no threshold
-    assert float(r["target_threshold"]) == pytest.approx(0.6)
-    assert float(r["target_coverage"]) == pytest.approx(0.8) and float(r["target_accuracy"]) == pytest.approx(0.75)
-    np.testing.assert_allclose(r["coverage"], [0.2, 0.4, 0.6, 0.8, 1.0])
-    np.testing.assert_allclose(r["accuracy"], [1, 1, 2 / 3, 3 / 4, 3 / 5], rtol=1e-6)
-    unreachable = metrics.rejection(confidence, correct, target=1.01)
-    assert np.isnan(float(unreachable["target_threshold"]))
-
-
-def test_sigmoid_outputs_are_normalised_to_sum_one():
-    z = jnp.array([[2.0, 0.0, -1.0]])
-    a = jax.nn.sigmoid(z)
-    np.testing.assert_allclose(metrics.probabilities(identity_network(output="sigmoid"), z), a / a.sum(), rtol=1e-6)
-    np.testing.assert_allclose(metrics.probabilities(identity_network(output="softmax"), z), jax.nn.softmax(z), rtol=1e-6)
 
 
 def test_report_of_a_one_epoch_run_on_real_mnist(mnist, mnist_dir, tmp_path, capsys):
@@ -214,3 +137,15 @@ def test_cli_errors_are_one_line(argv, message, tmp_path, capsys):
 def test_sweep_report_refuses_an_unknown_axis(small_sweep, tmp_path):
     with pytest.raises(jd.ConfigError, match="--x 'learning_rate' is not a config field"):
         jd.sweep_report(small_sweep[0], tmp_path, x="learning_rate")
+
+
+def test_report_compare_says_whether_the_difference_is_significant():
+    data = synthetic_dataset(300, 80)
+    result = jd.train(jd.TrainConfig(hidden=(16,), lr=3.0, epochs=3), data)
+    weak = jd.train(jd.TrainConfig(hidden=(16,), lr=1e-3, epochs=1), data)
+    from jaxdigits.reports import compare_networks
+
+    same = compare_networks(result.params, result.params, data.test_images, data.test_labels)
+    assert same["only_a"] == same["only_b"] == 0 and not same["significant"]
+    differ = compare_networks(result.params, weak.params, data.test_images, data.test_labels)
+    assert differ["significant"] and differ["only_a"] > differ["only_b"]

@@ -1,17 +1,17 @@
-"""Checkpoints: safetensors only (never pickle), atomic writes, full metadata, and one clear
-``CheckpointError`` for any file that is truncated, corrupted, unsafe or of another network."""
+"""Checkpoints (``jaxdigits.checkpoint``): safetensors only (never pickle), full metadata, and one
+clear ``CheckpointError`` for any file that is truncated, corrupted, tampered with, unsafe, of
+another network, holds non-finite weights or is a special file."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import pickle
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
+import time
+import tracemalloc
 from pathlib import Path
 
 import jax
@@ -25,17 +25,12 @@ from jaxdigits.checkpoint import (
     load_arrays, load_params, network_spec, params_to_tensors, save_arrays,
 )
 from jaxdigits.core.config import FIELDS, TrainConfig
-from jaxdigits.core.errors import CheckpointError
-from jaxdigits.files import write_atomic
 from jaxdigits.core.epoch import init_state, run_keys
+from jaxdigits.core.errors import CheckpointError
 from jaxdigits.run_folder import RunFolder
 from jaxdigits.training import train
-
-
-def params_to_numpy(tree):
-    return jax.tree.map(np.asarray, tree)
-
-from tests.conftest import synthetic_dataset, write_idx_folder
+from tests.conftest import deadline, synthetic_dataset
+from tests.helpers import SPECIAL, assert_one_line_naming, needs_posix, params_to_numpy
 
 PACKAGE = Path(checkpoint.__file__).parent
 CONFIG = TrainConfig(epochs=2)
@@ -56,10 +51,6 @@ def finished(tmp_path_factory):
 def run_dir(finished, tmp_path) -> Path:
     """A private copy of the finished run's folder."""
     return Path(shutil.copytree(finished[0], tmp_path / "run"))
-
-
-def temporaries(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
 def test_params_round_trip_with_full_metadata(finished):
@@ -232,67 +223,78 @@ def test_the_package_never_uses_pickle():
     assert not offenders
 
 
-def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    path = tmp_path / "file.bin"
-    write_atomic(path, b"previous")
-    for failing in ("fsync", "replace"):
-        with monkeypatch.context() as patch:
-            def no_space(*args, **kwargs):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-            patch.setattr(os, failing, no_space)
-            with pytest.raises(CheckpointError, match=f"^{path}: cannot write \\(No space left on device\\); the previous version"):
-                write_atomic(path, b"next version, never complete")
-        assert path.read_bytes() == b"previous"
-        assert temporaries(tmp_path) == []
-    write_atomic(path, b"next")
-    assert path.read_bytes() == b"next" and temporaries(tmp_path) == []
+# --- special files, huge sparse tails, impossible headers, non-finite weights ---------------------
 
 
-def test_a_full_disk_during_training_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
-    data_dir = write_idx_folder(tmp_path / "data", synthetic_dataset(), compress=False)
-    out = tmp_path / "run"
-    real_mkstemp, real_fsync = tempfile.mkstemp, os.fsync
-    checkpoints, doomed = [], set()
-
-    def mkstemp(*args, **kwargs):
-        fd, name = real_mkstemp(*args, **kwargs)
-        if Path(name).name.startswith(f".{CHECKPOINT_FILE}."):
-            checkpoints.append(name)
-            if len(checkpoints) == 3:
-                doomed.add(fd)
-        return fd, name
-
-    def fsync(fd):
-        if fd in doomed:  # the disk fills while epoch 3's checkpoint is written
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_fsync(fd)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    monkeypatch.setattr(os, "fsync", fsync)
-    args = ["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "4"]
-    assert cli.main(args) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (
-        f"jaxdigits train: error: {out / CHECKPOINT_FILE}: cannot write (No space left on device); "
-        "the previous version, if any, is intact"
-    )
-    assert RunFolder(out).completed_epochs() == 2 and len(json.loads((out / "history.json").read_text())) == 2
-    assert temporaries(out) == []
-    monkeypatch.undo()
-    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), "--resume"]) == 0
-    uninterrupted = train(TrainConfig(epochs=4), write_and_load(data_dir))
-    for resumed, straight in zip(load_params(out)[0], uninterrupted.params):
-        assert np.asarray(resumed["w"]).tobytes() == np.asarray(straight["w"]).tobytes()
+@needs_posix
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_a_special_file_as_a_checkpoint_is_named_for_what_it_is(tmp_path, kind):
+    make, expected = SPECIAL[kind]
+    path = make(tmp_path / PARAMS_FILE)
+    with deadline(5), pytest.raises(CheckpointError) as raised:
+        load_arrays(path, PARAMS_FORMAT)
+    assert expected in assert_one_line_naming(raised.value, path)
+    with deadline(5), pytest.raises(CheckpointError) as raised:  # through the public loader too
+        load_params(path)
+    assert_one_line_naming(raised.value, path)
 
 
-def write_and_load(folder: Path):
-    from jaxdigits.data import load_idx_folder
-
-    return load_idx_folder(folder)
+def _tensors(value: float = 0.5) -> dict[str, np.ndarray]:
+    return {"params.0.w": np.full((784, 16), value, np.float32), "params.0.b": np.zeros(16, np.float32)}
 
 
-# -- evaluate and predict on files they cannot use: one line, exit 1 --------------------------
+def test_a_checkpoint_with_a_huge_sparse_tail_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / PARAMS_FILE
+    save_arrays(path, _tensors(), PARAMS_FORMAT, {"note": "valid"})
+    load_arrays(path, PARAMS_FORMAT)  # valid before the tail is added
+    with open(path, "r+b") as f:
+        f.truncate(40 * 2**30)  # 40 GiB, sparse: costs no disk
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        with deadline(10), pytest.raises(CheckpointError) as raised:
+            load_arrays(path, PARAMS_FORMAT)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - start < 2 and peak < 1 << 20
+    assert "bytes after the" in assert_one_line_naming(raised.value, path)
+
+
+def test_a_checkpoint_header_declaring_more_data_than_the_file_holds_is_refused(tmp_path):
+    import json
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2**30], "data_offsets": [0, 2**32]}}).encode()
+    path = tmp_path / PARAMS_FILE
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\x00" * 64)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="header declares 4294967296 data bytes, the file holds 64") as raised:
+            load_arrays(path, PARAMS_FORMAT)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+    assert_one_line_naming(raised.value, path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_under_a_valid_digest_are_refused(tmp_path, bad):
+    path = tmp_path / PARAMS_FILE
+    tensors = _tensors()
+    tensors["params.0.w"][3, 7] = bad
+    save_arrays(path, tensors, PARAMS_FORMAT, {"note": "digest is valid"})
+    with pytest.raises(CheckpointError) as raised:
+        load_arrays(path, PARAMS_FORMAT)
+    message = assert_one_line_naming(raised.value, path)
+    assert message == f"{path}: holds non-finite values in params.0.w; the run diverged or the file was edited"
+    # training state too (optimizer moments), and integer tensors are not checked for finiteness
+    save_arrays(path, {"opt_state.1": np.array([1.0, bad], np.float32), "rng.seed_key": np.arange(2, dtype=np.uint32)},
+                TRAINING_FORMAT, {})
+    with pytest.raises(CheckpointError, match="non-finite values in opt_state.1"):
+        load_arrays(path, TRAINING_FORMAT)
+
+
+# -- evaluate and predict on files they cannot use: one line, exit 1 -------------------------------
 
 
 def _truncate(run):

@@ -1,4 +1,4 @@
-"""The model and the costs against hand computations and finite differences."""
+"""The costs (``jaxdigits.core.costs``) against hand computations and finite differences."""
 
 from __future__ import annotations
 
@@ -9,49 +9,7 @@ import numpy as np
 import pytest
 
 import jaxdigits as jd
-
-
-def test_init_mlp_shapes_dtypes_and_scales():
-    params = jd.init_mlp(jax.random.PRNGKey(0), (784, 400, 300, 10))
-    assert params.sizes == (784, 400, 300, 10)
-    assert [p["w"].shape for p in params] == [(784, 400), (400, 300), (300, 10)]
-    assert all(p["w"].dtype == jnp.float32 and p["b"].dtype == jnp.float32 for p in params)
-    # Weights N(0, 1/fan_in), biases N(0, 1): check the sample standard deviations.
-    np.testing.assert_allclose(np.std(params[0]["w"]), 1 / np.sqrt(784), rtol=0.02)
-    np.testing.assert_allclose(np.std(params[1]["w"]), 1 / np.sqrt(400), rtol=0.02)
-    np.testing.assert_allclose(np.std(np.concatenate([params[0]["b"], params[1]["b"]])), 1.0, rtol=0.1)
-
-
-def test_forward_is_the_layer_formula_for_each_activation():
-    params = jd.init_mlp(jax.random.PRNGKey(1), (784, 5, 3, 10))
-    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(2), (4, 784)))
-    for name, act in {"sigmoid": lambda v: 1 / (1 + np.exp(-v)), "relu": lambda v: np.maximum(v, 0), "tanh": np.tanh}.items():
-        a = x
-        for layer in params[:-1]:
-            a = act(a @ np.asarray(layer["w"]) + np.asarray(layer["b"]))
-        expected = a @ np.asarray(params[-1]["w"]) + np.asarray(params[-1]["b"])
-        network = jd.Network(params.layers, activation=name)
-        np.testing.assert_allclose(jd.forward(network, x), expected, rtol=1e-5, atol=1e-5)
-
-
-def tiny_network():
-    """784-2-10 network with hand-chosen weights on two images."""
-    w1 = np.zeros((784, 2), np.float32)
-    w1[0, 0], w1[1, 1] = 1.0, -2.0
-    b1 = np.array([0.0, 1.0], np.float32)
-    w2 = np.zeros((2, 10), np.float32)
-    w2[0, 3], w2[1, 7] = 2.0, -1.0
-    b2 = np.full(10, -1.0, np.float32)
-    params = jd.Network([{"w": jnp.asarray(w1), "b": jnp.asarray(b1)}, {"w": jnp.asarray(w2), "b": jnp.asarray(b2)}])
-    images = np.zeros((2, 784), np.float32)
-    images[0, 0] = 1.0
-    images[1, 1] = 0.5
-    labels = np.array([3, 7], np.int32)
-    return params, images, labels
-
-
-def sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
+from tests.helpers import sigmoid, tiny_network
 
 
 def test_quadratic_cost_matches_hand_computation():
@@ -76,24 +34,6 @@ def test_cross_entropy_cost_matches_hand_computation():
     log_probs = z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
     expected = -np.mean(log_probs[np.arange(2), labels])
     np.testing.assert_allclose(jd.cross_entropy_cost(params, images, labels), expected, rtol=1e-6)
-
-
-def test_predict_gives_digit_and_output_activations():
-    params, images, _ = tiny_network()
-    digits, activations = jd.predict(params, images)
-    z = np.asarray(jd.forward(params, images))
-    np.testing.assert_allclose(activations, sigmoid(z), rtol=1e-6)
-    np.testing.assert_array_equal(digits, np.argmax(z, axis=1))
-    _, softmax = jd.predict(jd.Network(params.layers, output="softmax"), images)
-    np.testing.assert_allclose(np.sum(softmax, axis=1), 1.0, rtol=1e-6)
-    assert jd.COSTS["quadratic"].output == "sigmoid" and jd.COSTS["cross_entropy"].output == "softmax"
-
-
-def test_accuracy_counts_argmax_matches():
-    params, images, labels = tiny_network()
-    digits, _ = jd.predict(params, images)
-    expected = np.mean(np.asarray(digits) == labels)
-    assert float(jd.accuracy(params, images, labels)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("cost", [jd.quadratic_cost, jd.cross_entropy_cost])

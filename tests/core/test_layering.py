@@ -1,9 +1,11 @@
 """The two layers: the pure core imports only jax, optax, numpy, chex and itself; the shell calls
-into it, never the reverse; no module imports itself back through others."""
+into it, never the reverse; no module imports itself back through others or is shadowed by a
+public name."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,23 @@ def test_no_module_imports_itself_back_through_others():
 def test_every_public_name_is_exported_lazily_from_its_module():
     for name in jd.__all__:
         assert getattr(jd, name) is not None
+
+
+def test_no_module_is_shadowed_and_the_modules_import_each_other_without_cycles():
+    package = Path(jd.__file__).parent
+    modules = sorted(p.stem for p in package.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    for name in modules:
+        module = importlib.import_module(f"jaxdigits.{name}")
+        assert getattr(jd, name, module) is module, f"jaxdigits.{name} is shadowed"
+    imports = {}
+    for name in modules:
+        tree = ast.parse((package / f"{name}.py").read_text())
+        found = {n.module.split(".")[1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                 and n.module.startswith("jaxdigits.")}
+        found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "jaxdigits" for a in n.names}
+        imports[name] = found & set(modules)
+
+    def reaches(start, target, seen=()):
+        return any(m == target or (m not in seen and reaches(m, target, (*seen, m))) for m in imports[start])
+
+    assert [m for m in modules if reaches(m, m)] == []

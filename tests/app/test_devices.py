@@ -1,5 +1,5 @@
-"""The automatic group size: chosen from the CPU cache or the accelerator memory, a power of two
-per device, the same every time on the same device; ``--group-size`` still overrides it."""
+"""Devices (``jaxdigits.devices``): the automatic group size from the CPU cache or the accelerator
+memory, the layout line, CPU cores, sizes that cannot fit, and joining a cluster."""
 
 from __future__ import annotations
 
@@ -8,27 +8,21 @@ import math
 import jax
 import pytest
 
+import jaxdigits as jd
 from jaxdigits import cli
 from jaxdigits import devices as sweeps
 from jaxdigits.core.config import TrainConfig
+from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import member_bytes
-from jaxdigits.devices import (CACHE_FRACTION, FALLBACK_CACHE_PER_CORE, MEMORY_FRACTION, GroupSize, auto_group_size,
-                               cpu_cache_per_core)
-from jaxdigits.sweeps import sweep
 from jaxdigits.core.metrics import EVAL_CHUNK
+from jaxdigits.devices import (CACHE_FRACTION, FALLBACK_CACHE_PER_CORE, MEMORY_FRACTION, GroupSize, auto_group_size,
+                               cpu_cache_per_core, use_cpu_cores)
+from jaxdigits.sweeps import sweep
+from tests.helpers import DATA, one_error_line, run_cli
 
 
 def power_of_two_floor(x: float) -> int:
     return 2 ** int(math.floor(math.log2(max(x, 1))))
-
-
-def test_member_bytes_counts_params_optimizer_state_and_batch_activations():
-    state, activations = member_bytes(TrainConfig(), 784, 10)
-    params = 4 * (784 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10)
-    assert params <= state < params + 64  # plain SGD: the rate and a step count beside the params
-    assert activations == 2 * 10 * (16 + 16 + 10) * 4
-    momentum, _ = member_bytes(TrainConfig(optimizer="momentum"), 784, 10)
-    assert momentum >= state + params  # momentum keeps one velocity per parameter
 
 
 def test_cpu_group_size_follows_the_cache(monkeypatch):
@@ -107,3 +101,27 @@ def test_cli_sweep_prints_the_layout_first(flags, expected, tiny_data_dir, tmp_p
     layout = [line for line in lines if line.startswith("layout: ")]
     assert len(layout) == 1 and expected + "; the largest group needs about " in layout[0], lines
     assert lines.index(layout[0]) < min(i for i, line in enumerate(lines) if line.startswith("group 1/"))
+
+
+def test_use_cpu_cores_is_refused_once_jax_has_started():
+    jd.sweep(hidden=[(4,)], lr=[1.0], epochs=1, data=DATA)  # JAX has computed something
+    devices = jax.device_count()
+    assert use_cpu_cores(devices + 1) is False and jax.device_count() == devices
+    with pytest.raises(ConfigError, match="JAX has already started"):
+        jd.sweep(hidden=[(4,)], lr=[1.0], epochs=1, data=DATA, cpu_devices=devices + 1)
+
+
+def test_sizes_that_cannot_fit_are_refused_before_anything_allocates(capsys, tiny_data_dir):
+    code = cli.main(["train", "--hidden", "1000000", "--batch-size", "200", "--epochs", "1", "--data-dir", str(tiny_data_dir)])
+    assert code == 2
+    assert "GiB" in one_error_line(capsys.readouterr().err, "jaxdigits train: error: hidden [1000000]")
+
+
+def test_distributed_without_a_cluster_or_coordinator_is_one_line_and_bounded(tmp_path):
+    no_cluster = run_cli("sweep", "--out", str(tmp_path / "a"), "--distributed", "--timeout", "3")
+    silent = run_cli("sweep", "--out", str(tmp_path / "b"), "--distributed", "--timeout", "3",
+                     "--coordinator", "127.0.0.1:9", "--num-processes", "2", "--process-id", "1")
+    for process in (no_cluster, silent):
+        code = process.wait(timeout=60)
+        assert code == 2
+        one_error_line(process.stderr.read(), "jaxdigits sweep: error: --distributed:")

@@ -1,0 +1,189 @@
+"""Search: a population refilled without recompiling, pruned on validation, on a real study store
+(SQLite, and PostgreSQL where a server is given), shared by workers, surviving a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxdigits as jd
+from jaxdigits import population as population_module
+from jaxdigits.core import programs
+from jaxdigits.search import search
+from jaxdigits.search_space import load_space, parse_space
+from tests.conftest import synthetic_dataset, write_idx_folder
+
+POSTGRES_ENV, REQUIRE_POSTGRES_ENV = "JAXDIGITS_TEST_POSTGRES", "JAXDIGITS_REQUIRE_POSTGRES"
+DATA = synthetic_dataset(400, 100)
+BASE = jd.TrainConfig(hidden=(16,), batch_size=20)
+SPACE = {"lr": {"log": [0.01, 10.0]}}
+
+
+def optuna_study(out: Path, storage: str | None = None, name: str = "jaxdigits"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{out / 'study.db'}")
+
+
+def finished(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get(REQUIRE_POSTGRES_ENV):
+            pytest.fail(f"{REQUIRE_POSTGRES_ENV} is set but {POSTGRES_ENV} names no server (see .ci/postgres)")
+        pytest.skip(f"set {POSTGRES_ENV} to a PostgreSQL database URL (bash .ci/postgres starts one)")
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:  # a clean database for each test
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    return write_idx_folder(tmp_path / "data", synthetic_dataset(1200, 100))
+
+
+def test_a_search_fills_its_population_from_the_study_and_prunes(tmp_path, monkeypatch):
+    compiled, made = [], []
+    real_compiled, real_init = population_module.compiled, population_module.Population.__init__
+    monkeypatch.setattr(population_module, "compiled", lambda *a, **k: compiled.append(a[0]) or real_compiled(*a, **k))
+    monkeypatch.setattr(population_module.Population, "__init__", lambda self, *a: made.append(1) or real_init(self, *a))
+    result = search(SPACE, DATA, trials=14, epochs=6, validation=100, population=4, sampler="random", pruner="asha",
+                    out_dir=tmp_path, base=BASE)
+    assert len(result.records) == 14 and len({r["trial"] for r in result.records}) == 14
+    pruned = [r for r in result.records if r["pruned"]]
+    assert pruned and all(r["epochs_completed"] < 6 for r in pruned)
+    assert all(r["epochs_completed"] == 6 for r in result.records if not r["pruned"])
+    # 14 trials through 4 slots: every refill reused the one population and its compiled epoch
+    assert made == [1] and len(compiled) == 1 and result.model_epochs == sum(r["epochs_completed"] for r in result.records)
+    study = optuna_study(tmp_path)
+    assert len(finished(study)) == 14 and study.best_value == result.best["best_validation_accuracy"]
+    assert result.best_test_accuracy == jd.evaluate(jd.load_params(tmp_path / "trials" / f"trial-{result.best['trial']}.safetensors")[0],
+                                                    DATA.test_images, DATA.test_labels)
+
+
+def test_a_trial_trains_as_the_same_run_would_alone(tmp_path):
+    result = search(SPACE, DATA, trials=2, epochs=3, validation=100, population=2, sampler="random", pruner="none",
+                    out_dir=tmp_path, base=BASE)
+    for record in result.records:
+        alone = jd.train(BASE.replace(lr=record["lr"], seed=record["seed"], epochs=3, validation=100, select="best"), DATA)
+        np.testing.assert_allclose(record["validation_accuracy_curve"], alone.record["validation_accuracy_curve"], atol=0.011)
+        np.testing.assert_allclose(record["train_cost_curve"], alone.record["train_cost_curve"], rtol=1e-3)
+
+
+def test_running_the_search_again_resumes_the_study(tmp_path):
+    search(SPACE, DATA, trials=4, epochs=2, validation=100, population=2, sampler="random", pruner="none", out_dir=tmp_path, base=BASE)
+    more = search(SPACE, DATA, trials=7, epochs=2, validation=100, population=2, sampler="random", pruner="none",
+                  out_dir=tmp_path, base=BASE)
+    assert sorted(r["trial"] for r in more.records) == list(range(7)) and more.model_epochs == 3 * 2
+    with pytest.raises(jd.ConfigError, match="created with another space"):
+        search({"lr": {"log": [0.1, 1.0]}}, DATA, trials=8, epochs=2, validation=100, out_dir=tmp_path, base=BASE)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"lr": {"log": [3.0, 1.0]}}, "empty or inverted"), ({"lr": {"uniform": [1.0, 1.0]}}, "empty or inverted"),
+    ({"l2": {"log": [0.0, 1e-3]}}, "needs low > 0"), ({"activation": {"uniform": [0, 1]}}, "is not a number"),
+    ({"batch_size": {"uniform": [8, 64]}}, "is an integer; give it int"), ({"lr": {"int": [1, 4]}}, "is not an integer"),
+    ({"epochs": [1, 2]}, "set by the search itself"), ({"colour": [1]}, "not a config field"),
+    ({"hidden": []}, "lists no values"), ({"lr": {"normal": [0, 1]}}, "give a list of values or one of"),
+    ({}, "give at least one field"), ({"optimizer": ["sgd", "rmsprop"]}, "optimizer: 'rmsprop' is not one of"),
+])
+def test_a_bad_space_is_one_line(spec, message):
+    with pytest.raises(jd.ConfigError, match=message):
+        parse_space(spec)
+
+
+def test_space_files_and_flags_say_the_same(tmp_path):
+    (tmp_path / "space.toml").write_text('lr = {log = [0.01, 30]}\nbatch_size = [10, 32, 128]\nhidden = [[16, 16], [32]]\n')
+    from_file = load_space(tmp_path / "space.toml")
+    from_flags = load_space(None, ("lr=log:0.01:30", "batch_size=10,32,128", "hidden=16x16,32"))
+    assert from_file == from_flags and from_file["hidden"].choices == ((16, 16), (32,))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sampler", "grid"], "invalid choice"), (["--pruner", "median"], "invalid choice"),
+    (["--param", "lr=log:3:1"], "empty or inverted"), (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "--storage"),
+    (["--storage", "not a url"], "--storage"),
+])
+def test_bad_search_flags_exit_2_with_one_line(flags, message, tmp_path, data_dir):
+    args = [sys.executable, "-m", "jaxdigits", "search", "--param", "lr=log:0.1:1", "--trials", "2", "--epochs", "1",
+            "--validation", "100", "--data-dir", str(data_dir), "--out", str(tmp_path / "out"), *flags]
+    started = time.monotonic()
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert time.monotonic() - started < 60
+
+
+def worker(data_dir: Path, out: Path, storage: str | None, trials: int, epochs: int = 3, heartbeat: int = 1):
+    args = [sys.executable, "-m", "jaxdigits", "search", "--param", "lr=log:0.05:3", "--hidden", "16", "--batch-size", "10",
+            "--trials", str(trials), "--epochs", str(epochs), "--validation", "200", "--population", "2",
+            "--sampler", "random", "--pruner", "none", "--data-dir", str(data_dir), "--out", str(out),
+            "--heartbeat", str(heartbeat)] + (["--storage", storage] if storage else [])
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def two_workers_finish_exactly(data_dir: Path, tmp_path: Path, storage: str | None, trials: int = 8) -> None:
+    outs = [tmp_path / "a", tmp_path / "b"] if storage else [tmp_path / "shared"] * 2
+    workers = [worker(data_dir, out, storage, trials) for out in outs]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-2000:]
+    study = optuna_study(outs[0], storage and storage.replace("postgresql://", "postgresql+psycopg://", 1))
+    done = finished(study)
+    assert len(done) == trials and sorted(t.user_attrs["record"]["trial"] for t in done) == sorted(t.number for t in done)
+
+
+def test_two_workers_share_a_sqlite_study(tmp_path, data_dir):
+    two_workers_finish_exactly(data_dir, tmp_path, None)
+
+
+def test_two_workers_share_a_postgresql_study(tmp_path, data_dir, postgres_url):
+    two_workers_finish_exactly(data_dir, tmp_path, postgres_url)
+
+
+def test_a_killed_worker_loses_nothing_finished_and_its_trials_are_retried(tmp_path, data_dir, postgres_url):
+    from optuna.trial import TrialState
+
+    import optuna
+
+    storage = optuna.storages.RDBStorage(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    first = worker(data_dir, tmp_path / "a", postgres_url, trials=6, epochs=40)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            study = optuna_study(tmp_path, storage)
+            states = [t.state for t in study.get_trials()]
+        except KeyError:  # the study is not created yet
+            states = []
+        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    running = {t.number: t.params for t in optuna_study(tmp_path, storage).get_trials(states=(TrialState.RUNNING,))}
+    assert running, "the worker was killed while training"
+    second = worker(data_dir, tmp_path / "b", postgres_url, trials=6, epochs=40)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-2000:]
+    study = optuna_study(tmp_path, storage)
+    assert len(finished(study)) == 6  # exactly the budget: nothing counted twice
+    failed = {t.number: t.params for t in study.get_trials(states=(TrialState.FAIL,))}
+    assert set(running) <= set(failed)  # the killed worker's trials were failed ...
+    retried = [t.params for t in finished(study) if t.system_attrs.get("failed_trial") in running]
+    assert sorted(map(str, retried)) == sorted(map(str, running.values()))  # ... and run again with their parameters
