@@ -38,6 +38,7 @@ _PUBLIC = {
     **dict.fromkeys(('ResultsWarning', 'read_results'), "jaxdigits.sweep_folder"),
     **dict.fromkeys(('SweepResult', 'load_grid', 'sweep'), "jaxdigits.sweeps"),
     **dict.fromkeys(('StalledWarning', 'TrainResult', 'train'), "jaxdigits.training"),
+    **dict.fromkeys(('SearchResult', 'search'), "jaxdigits.search"),
 }
 __all__ = sorted(_PUBLIC)
 

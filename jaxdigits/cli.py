@@ -13,66 +13,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from jaxdigits.cli_flags import add_config_flags, add_data_flag, config_overrides, out_folder, positive
 from jaxdigits.core.errors import ConfigError, JaxdigitsError
 
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _parsed(name: str):
-    """An argparse type that checks a flag's text with the run schema's own coercion."""
-    from jaxdigits.core.config import coerce
-
-    def parse(text: str):
-        try:
-            return coerce(name, text, text=True)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
-
-    return parse
-
-
-def add_config_flags(parser: argparse.ArgumentParser, many: bool = False) -> None:
-    """A flag per ``TrainConfig`` field (``--batch-size`` for ``batch_size``), Python-only fields
-    aside; with ``many`` each takes one or more values (sweep axes). Unset flags stay ``None``."""
-    from jaxdigits.core.config import DEFAULTS, FIELDS, describe
-
-    for name, setting in FIELDS.items():
-        if setting.kind == "function":
-            continue
-        default = describe(getattr(DEFAULTS, name))
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        parser.add_argument(
-            _flag(name), dest=name, type=_parsed(name), nargs="+" if many else None,
-            metavar="|".join(setting.choices) if setting.choices else name.upper(),
-            help=f"{'one or more: ' if many else ''}{setting.help} (default {shown})",
-        )
-
-
-def add_data_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", type=Path, help="folder with the four IDX files (else $JAXDIGITS_DATA_DIR, else download via TFDS)"
-    )
-
-
-def _out_folder(text: str) -> Path:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("--out must name a folder")
-    path = Path(text)
-    if path.resolve() == Path(path.resolve().anchor):
-        raise argparse.ArgumentTypeError(f"{text!r} is the root folder; give a folder of its own")
-    return path
-
-
-def config_overrides(args: argparse.Namespace) -> dict:
-    """The config fields given explicitly on the command line."""
-    from jaxdigits.core.config import FIELDS
-
-    return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -89,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a network and save it to --out")
     add_config_flags(train)
     add_data_flag(train)
-    train.add_argument("--out", type=_out_folder, help="folder for params, checkpoint, run.json and history.json")
+    train.add_argument("--out", type=out_folder, help="folder for params, checkpoint, run.json and history.json")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.set_defaults(handler=run_train)
@@ -112,36 +57,44 @@ def build_parser() -> argparse.ArgumentParser:
                                  "and write report.json, one PNG per figure and a self-contained report.html to --out.")
     report.add_argument("checkpoint", type=Path, help="a run's --out folder or its params.safetensors")
     add_data_flag(report)
-    report.add_argument("--out", type=_out_folder, required=True, metavar="DIR", help="folder for the report's files")
+    report.add_argument("--out", type=out_folder, required=True, metavar="DIR", help="folder for the report's files")
     report.add_argument("--compare", type=Path, metavar="OTHER",
                         help="a second run folder or params file, measured on the same images and drawn beside it")
     report.add_argument("--seed", type=int, default=0, help="seed of the random perturbations (default 0)")
     report.set_defaults(handler=run_report)
 
-    sweep_report = commands.add_parser(
-        "sweep-report", help="what a sweep found: heatmap, curves and best configurations (HTML, PNG, CSV)",
-        description="Read SWEEP_DIR/results.jsonl (a sweep still running shows what has finished) and write a "
-        "heatmap of test accuracy over two axes, curves per epoch, the best configurations with their seed "
-        "spread, CSV tables and report.html.")
-    sweep_report.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep's --out folder")
-    sweep_report.add_argument("--out", type=_out_folder, metavar="DIR", help="folder for the report (default SWEEP_DIR/report)")
-    sweep_report.add_argument("--x", metavar="AXIS", help="heatmap columns: a config field (default: the axis with most values)")
-    sweep_report.add_argument("--y", metavar="AXIS", help="heatmap rows: a config field (default: the next such axis)")
-    sweep_report.add_argument("--group", metavar="AXIS", help="colour the curves by this field (default: --x)")
-    sweep_report.add_argument("--top", type=_positive("--top"), default=10, help="how many best configurations to show (default 10)")
-    sweep_report.set_defaults(handler=run_sweep_report)
+    add_sweep_report_parser(commands)
+    from jaxdigits.cli_search import add_search_parsers
 
+    add_search_parsers(commands)
     serve = commands.add_parser("serve", help="a local web page: draw a digit and watch the network think",
                                 description="Start a local web server with a page to draw digits on; it shows the "
                                 "28x28 input, every neuron's activation, the outputs and the weights. Ctrl-C stops it.")
     serve.add_argument("checkpoint", type=Path, help="a run's --out folder or its params.safetensors")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
-    serve.add_argument("--benchmark", type=_positive("--benchmark"), metavar="N",
+    serve.add_argument("--benchmark", type=positive("--benchmark"), metavar="N",
                        help="instead of serving, time N predict requests against a local server and print the latency")
     add_data_flag(serve)
     serve.set_defaults(handler=run_serve)
     return parser
+
+
+def add_sweep_report_parser(commands) -> None:
+    sweep_report = commands.add_parser(
+        "sweep-report", help="what a sweep found: heatmap, curves and best configurations (HTML, PNG, CSV)",
+        description="Read SWEEP_DIR/results.jsonl (a sweep still running shows what has finished) and write a "
+        "heatmap of test accuracy over two axes, curves per epoch, the best configurations with their seed "
+        "spread, CSV tables and report.html.")
+    sweep_report.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep's --out folder")
+    sweep_report.add_argument("--out", type=out_folder, metavar="DIR", help="folder for the report (default SWEEP_DIR/report)")
+    sweep_report.add_argument("--x", metavar="AXIS", help="heatmap columns: a config field (default: the axis with most values)")
+    sweep_report.add_argument("--y", metavar="AXIS", help="heatmap rows: a config field (default: the next such axis)")
+    sweep_report.add_argument("--group", metavar="AXIS", help="colour the curves by this field (default: --x)")
+    sweep_report.add_argument("--top", type=positive("--top"), default=10, help="how many best configurations to show (default 10)")
+    sweep_report.set_defaults(handler=run_sweep_report)
+
+
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -262,38 +215,25 @@ def add_sweep_parser(commands) -> None:
     add_data_flag(sweep)
     sweep.add_argument("--grid", type=Path, metavar="FILE",
                        help="a TOML or JSON file of axes (flags given override its axes)")
-    sweep.add_argument("--out", type=_out_folder, required=True, metavar="DIR",
+    sweep.add_argument("--out", type=out_folder, required=True, metavar="DIR",
                        help="folder for results.jsonl and sweep.json; a sweep already there is resumed, and "
                        "axis flags then change its saved axes (a grid that grows trains only what is new)")
     sweep.add_argument("--overwrite", action="store_true", help="start the sweep in --out over")
-    sweep.add_argument("--group-size", type=_positive("--group-size"), help="at most this many configurations per compiled group "
+    sweep.add_argument("--group-size", type=positive("--group-size"), help="at most this many configurations per compiled group "
                        "(default: chosen for the device, from its cache or memory; smaller loses less to Ctrl-C)")
-    sweep.add_argument("--cpu-devices", type=_positive("--cpu-devices", 256), help="with no accelerator, split the CPU into this many devices "
+    sweep.add_argument("--cpu-devices", type=positive("--cpu-devices", 256), help="with no accelerator, split the CPU into this many devices "
                        "(default: one per core)")
     sweep.add_argument("--exact", action="store_true", help="train each configuration's arithmetic on its own, so "
                        "its numbers equal `jaxdigits train`'s bit for bit on any device count and group (slower)")
-    sweep.add_argument("--top", type=_positive("--top"), help="show only the best N configurations in the summary table")
+    sweep.add_argument("--top", type=positive("--top"), help="show only the best N configurations in the summary table")
     sweep.add_argument("--distributed", action="store_true", help="join a multi-host run through "
                        "jax.distributed.initialize() (cluster auto-detection, or the three flags below)")
     sweep.add_argument("--coordinator", help="with --distributed: host:port of process 0")
     sweep.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
     sweep.add_argument("--process-id", type=int, help="with --distributed: this process's index")
-    sweep.add_argument("--timeout", type=_positive("--timeout", 3600), default=60,
+    sweep.add_argument("--timeout", type=positive("--timeout", 3600), default=60,
                        help="with --distributed: seconds to wait for the other processes (default 60)")
     sweep.set_defaults(handler=run_sweep)
-
-
-def _positive(flag: str, limit: int = 1 << 20):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not 1 <= value <= limit:
-            raise argparse.ArgumentTypeError(f"{value} must be between 1 and {limit}")
-        return value
-
-    return parse
 
 
 def sweep_grid(args: argparse.Namespace):

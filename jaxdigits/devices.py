@@ -213,8 +213,9 @@ def layout_line(mesh: Mesh, groups: Sequence[Sequence[TrainConfig]], sizes: dict
     device = mesh.devices.flat[0]
     line = f"layout: {mesh.size} {device.platform} device(s) ({device.device_kind}), "
     if sizes:
-        line += "; ".join(f"group size {size.size} for {network_label(key, datasets[key.dataset])} ({size.per_device} per device: {size.reason})"
-                          for key, size in sizes.items())
+        # programs that differ in anything but their sizes get the same line: say it once
+        line += "; ".join(dict.fromkeys(f"group size {size.size} for {network_label(key, datasets[key.dataset])} "
+                                        f"({size.per_device} per device: {size.reason})" for key, size in sizes.items()))
     else:
         line += f"group size at most {max_group_size} (given)"
     return line + f"; {len(groups)} group(s)"

@@ -51,9 +51,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def to_json(value: Any, indent: int | None = None) -> str:
-    """Strict JSON text of ``json_safe(value)``."""
-    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+def to_json(value: Any, indent: int | None = None, compact: bool = False) -> str:
+    """Strict JSON text of ``json_safe(value)`` (``compact``: no spaces, for the wire): the one
+    JSON convention of every file and answer the project writes."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False, separators=(",", ":") if compact else None)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

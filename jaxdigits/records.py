@@ -28,8 +28,9 @@ def config_id(config: TrainConfig) -> str:
 def run_record(config: TrainConfig, history: Sequence[dict], status: str, **extra: Any) -> dict:
     """The record of one run from its config and per-epoch history (see the module docstring)."""
     finished = [h for h in history if not h.get("diverged")]
-    tests = [h["test_accuracy"] for h in finished]
-    best = max(range(len(tests)), key=tests.__getitem__) if tests else None
+    tests = [h.get("test_accuracy") for h in finished]
+    measured = [i for i, t in enumerate(tests) if t is not None]  # a search never reads the test set
+    best = max(measured, key=tests.__getitem__) if measured else None
     last = finished[-1] if finished else {}
     diverged = next((h["epoch"] for h in history if h.get("diverged")), None)
     return {
@@ -39,8 +40,8 @@ def run_record(config: TrainConfig, history: Sequence[dict], status: str, **extr
         "train_cost": last.get("train_cost"),
         "train_accuracy": last.get("train_accuracy"),
         "test_accuracy": last.get("test_accuracy"),
-        "best_test_accuracy": tests[best] if tests else None,
-        "best_epoch": best + 1 if tests else None,
+        "best_test_accuracy": tests[best] if best is not None else None,
+        "best_epoch": best + 1 if best is not None else None,
         "train_cost_curve": [h["train_cost"] for h in finished],
         "test_accuracy_curve": tests,
         **validation_fields(config, finished),
@@ -66,7 +67,7 @@ def validation_fields(config: TrainConfig, finished: Sequence[dict]) -> dict:
     return {
         "validation_accuracy": scores[-1], "best_validation_accuracy": scores[best], "validation_accuracy_curve": scores,
         "validation_cost_curve": [h.get("validation_cost") for h in finished], "selected_epoch": selected["epoch"],
-        "selected_validation_accuracy": selected["validation_accuracy"], "selected_test_accuracy": selected["test_accuracy"],
+        "selected_validation_accuracy": selected["validation_accuracy"], "selected_test_accuracy": selected.get("test_accuracy"),
     }
 
 

@@ -287,7 +287,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _json(value) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    from jaxdigits.files import to_json
+
+    return to_json(value, compact=True).encode()
 
 
 class DigitServer(ThreadingHTTPServer):

@@ -5,25 +5,10 @@
 
 How configurations are trained together
     A grid (``SweepGrid``) expands to one ``TrainConfig`` per combination; any config field is
-    an axis. Configurations that compile to the same program (``config.program_key``: everything
-    but the learning rate, the seed and the epoch count) and train for as many epochs form a
-    *group*. A group runs the very functions single-run ``train`` runs: each member starts as
-    ``train`` starts it (``run_keys``, ``init_state`` with its rate), and the states are stacked;
-    then ``make_guarded_epoch``'s ``lax.scan`` epoch (keys ``fold_in(shuffle_key, epoch)``) and
-    ``correct_count`` run under ``jax.vmap``: the parameters, the learning rate (a traced value in the optimizer
-    state, ``optax.inject_hyperparams``) and the shuffle key have a configuration axis, so one
-    compiled epoch trains the whole group, whatever its rates. A member's numbers equal those of
-    ``train`` alone up to float rounding (a vmapped matrix product may round its last bit
-    differently; over thousands of SGD steps at a large rate such differences grow until the
-    two runs differ as two runs from nearby seeds do).
-
-    Inside a group the configurations are laid out as a (seeds, rates) rectangle: an outer
-    ``vmap`` over seeds and an inner one over the rates that share a seed. Configurations with
-    the same seed draw the same mini-batches (as they would alone), so the inner ``vmap`` gathers
-    each batch once and its first layer becomes one wide matrix product ``x @ [W_1 ... W_L]``;
-    on a CPU this is what makes a sweep several times faster than training one after another.
-    A block shorter than the longest is filled with copies of its first rate, whose results are
-    dropped.
+    an axis. Configurations that compile to the same program and train for as many epochs form a
+    *group*, trained as one ``vmap``-ped program laid out as a (seeds, rates) rectangle: see
+    ``core.group``. A member's numbers equal those of ``train`` alone up to float rounding; with
+    ``exact`` bit for bit.
 
 Why group by shape instead of padding different widths into one program
     Padding is exact only with masked units and the true fan-in, and every member then pays for

@@ -122,6 +122,14 @@ def over_rectangle(fn: Callable, seed_args: tuple, rate_args: tuple) -> Callable
     return jax.vmap(inner, in_axes=tuple(0 if a else None for a in seed_args))
 
 
+def epoch_keys(shuffle_keys: jax.Array, epoch_number: jax.Array) -> jax.Array:
+    """``(S, 2)``: each row's key for its epoch, ``fold_in(shuffle_key, epoch)``; ``epoch_number``
+    is one number for the group, or ``(S,)``, one per row (a search's members are at different
+    epochs)."""
+    numbers = jnp.broadcast_to(jnp.asarray(epoch_number, jnp.uint32), shuffle_keys.shape[:1])
+    return jax.vmap(jax.random.fold_in)(shuffle_keys, numbers)
+
+
 def group_epoch(program: TrainConfig) -> Callable:
     """``epoch(states, alive, shuffle_keys, epoch_number, images, labels)``: ``train``'s guarded
     epoch for every member of a (seeds, rates) rectangle, each with its own key, rate and
@@ -129,8 +137,7 @@ def group_epoch(program: TrainConfig) -> Callable:
     guarded = over_rectangle(make_guarded_epoch(program), (True, True, True, False, False), (True, True, False, False, False))
 
     def epoch(states, alive, shuffle_keys, epoch_number, images, labels):
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(shuffle_keys, epoch_number)
-        return guarded(states, alive, keys, images, labels)
+        return guarded(states, alive, epoch_keys(shuffle_keys, epoch_number), images, labels)
 
     return epoch
 
@@ -153,7 +160,7 @@ def exact_group_epoch(mesh: Mesh, cells: PartitionSpec) -> Callable[[TrainConfig
             return jax.tree_util.tree_map(lambda x: x.reshape((s, l) + x.shape[1:]), out)
 
         def epoch(states, alive, shuffle_keys, epoch_number, images, labels):
-            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(shuffle_keys, epoch_number)
+            keys = epoch_keys(shuffle_keys, epoch_number)
             run = jax.shard_map(members, mesh=mesh, in_specs=(cells, cells, PartitionSpec(cells[0]), PartitionSpec(), PartitionSpec()),
                                 out_specs=(cells, cells, cells))
             return run(states, alive, keys, images, labels)

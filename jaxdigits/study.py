@@ -1,0 +1,221 @@
+"""A search's study in Optuna's storage: opened or resumed, asked within its budget, told, kept
+alive by heartbeats, and read back (records, the best trial and its network).
+
+SQLite (``OUT/study.db``) by default; any SQLAlchemy database URL, ``postgresql://...`` through
+psycopg, for studies that several workers share. ``optuna.load_study`` and Optuna's dashboard
+open the same store as it is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from jaxdigits.core.config import TrainConfig
+from jaxdigits.core.errors import ConfigError
+from jaxdigits.search_space import Dimension, distributions, space_json
+
+SAMPLERS = ("random", "qmc", "tpe")
+PRUNERS = ("none", "asha", "hyperband")
+STUDY_FILE = "study.db"
+BEST_DIR = "trials"
+
+
+def optuna_module():
+    """``optuna``, quiet, or one line saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("search needs optuna: pip install optuna (it comes with jaxdigits' own install)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    return optuna
+
+
+def storage_url(out: Path, storage: str | None) -> str:
+    """``storage`` (``postgresql://`` meaning psycopg's driver), else SQLite in ``out``."""
+    if storage is None:
+        return f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    if storage.startswith("postgresql://") or storage.startswith("postgres://"):
+        return "postgresql+psycopg://" + storage.split("://", 1)[1]
+    return storage
+
+
+def open_storage(url: str, heartbeat: tuple[float, float]):
+    """Optuna's ``RDBStorage`` with heartbeats; a database that cannot be reached (a few
+    seconds at most) or a URL that is no database is one line naming ``--storage``."""
+    optuna = optuna_module()
+    shown = url.split("@")[-1]  # no password in a message
+    connect = {"connect_timeout": 5} if url.startswith("postgresql") else {"timeout": 30} if url.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=max(1, int(heartbeat[0])),
+                grace_period=max(2, int(heartbeat[1])),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            racing = ("already exists", "duplicate key", "database is locked", "UNIQUE constraint", "UniqueViolation")
+            if attempt < 4 and any(s in reason for s in racing):
+                time.sleep(0.5 + attempt)  # another worker is creating the same tables: they will be there
+                continue
+            raise ConfigError(f"--storage {shown}: cannot open the study database ({reason}); check the URL and that "
+                              "the database server runs") from None
+
+
+def make_sampler(name: str, seed: int):
+    optuna = optuna_module()
+    samplers = {"random": optuna.samplers.RandomSampler, "qmc": optuna.samplers.QMCSampler, "tpe": optuna.samplers.TPESampler}
+    if name not in samplers:
+        raise ConfigError(f"--sampler {name!r} is not one of: {', '.join(SAMPLERS)}")
+    return samplers[name](seed=seed)
+
+
+def make_pruner(name: str, epochs: int):
+    optuna = optuna_module()
+    pruners = {"none": lambda: optuna.pruners.NopPruner(),
+               "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)}
+    if name not in pruners:
+        raise ConfigError(f"--pruner {name!r} is not one of: {', '.join(PRUNERS)}")
+    return pruners[name]()
+
+
+class SearchStudy:
+    """One worker's hold on a study (see the module docstring)."""
+
+    def __init__(self, study, storage, out: Path, heartbeat: tuple[float, float]):
+        self.study, self.storage, self.out, self.heartbeat = study, storage, out, heartbeat
+        self.running: list = []
+        self.best_value = -float("inf")
+        self.stop = threading.Event()
+        self.beat = threading.Thread(target=run_heartbeats, args=(storage, self.running, heartbeat[0], self.stop), daemon=True)
+        self.beat.start()
+
+    @classmethod
+    def open(cls, out: Path, storage: str | None, name: str, dims: dict[str, Dimension], sampler: str, pruner: str,
+             base: TrainConfig, data_info: dict, seed: int, heartbeat: tuple[float, float]) -> "SearchStudy":
+        """Create the study, or resume it when its space, base config and data are these."""
+        optuna = optuna_module()
+        sampler_obj, pruner_obj = make_sampler(sampler, seed), make_pruner(pruner, base.epochs)
+        out.mkdir(parents=True, exist_ok=True)
+        rdb = open_storage(storage_url(out, storage), heartbeat)
+        study = optuna.create_study(storage=rdb, study_name=name, direction="maximize", sampler=sampler_obj,
+                                    pruner=pruner_obj, load_if_exists=True)
+        identity = {"space": space_json(dims), "base": base.to_dict(), "data": data_info.get("sha256")}
+        for key, value in identity.items():
+            saved = study.user_attrs.get(key)
+            if saved is None:
+                study.set_user_attr(key, value)
+            elif saved != value:
+                raise ConfigError(f"study {name!r} was created with another {key}; resume it with the same space, "
+                                  "flags and data, or give a new --study")
+        return cls(study, rdb, out, heartbeat)
+
+    def counts(self) -> dict[str, int]:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        return {state.name: sum(t.state == state for t in trials) for state in TrialState}
+
+    def fail_stale(self) -> None:
+        optuna = optuna_module()
+        optuna.storages.fail_stale_trials(self.study)
+
+    def ask(self, dims: dict[str, Dimension], budget: int):
+        """A new trial (a retried one first), or ``None`` when the study's ``budget`` of complete,
+        pruned and running trials is reached; a trial asked by two workers at once beyond the
+        budget is failed as surplus, so the study never ends with more than ``budget``."""
+        from optuna.trial import TrialState
+
+        self.fail_stale()
+        counts = self.counts()
+        if counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= budget:
+            return None
+        trial = self.study.ask(distributions(dims))
+        ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+                 if t.number <= trial.number]
+        if len(ahead) > budget:
+            trial.set_user_attr("surplus", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        return trial
+
+    def started(self, trial) -> None:
+        """A trial starts training here: beat for it at once, and from the thread from now on."""
+        self.storage.record_heartbeat(trial._trial_id)
+        self.running.append(trial)
+
+    def report(self, trial, value: float, epoch: int) -> bool:
+        """Report a finished epoch's best validation accuracy; whether the trial should go on."""
+        trial.report(float(value), epoch)
+        return not trial.should_prune()
+
+    def finish(self, trial, record: dict, value: float, pruned: bool, network) -> None:
+        """Keep the trial's record and tell the study; save its network if it is this worker's best."""
+        from optuna.trial import TrialState
+
+        from jaxdigits.files import json_safe
+
+        value = float(value) if value > -float("inf") else 0.0
+        trial.set_user_attr("record", json_safe(record))
+        if not pruned and value > self.best_value:
+            from jaxdigits.checkpoint import save_params
+
+            self.best_value = value
+            (self.out / BEST_DIR).mkdir(exist_ok=True)
+            save_params(self.out / BEST_DIR / f"trial-{trial.number}.safetensors", network, {"config": record, "record": record})
+        self.study.tell(trial, state=TrialState.PRUNED) if pruned else self.study.tell(trial, value)
+        self.running.remove(trial)
+
+    def wait_for_others(self, budget: int) -> bool:
+        """With nothing to ask: wait while other workers' trials run; ``True`` once there is
+        something to ask again (a failed trial to retry, budget freed), ``False`` when done."""
+        while True:
+            self.fail_stale()
+            counts = self.counts()
+            if counts["COMPLETE"] + counts["PRUNED"] >= budget:
+                return False
+            if counts["WAITING"] or counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] < budget:
+                return True
+            time.sleep(self.heartbeat[0])
+
+    def records(self) -> list[dict]:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return [t.user_attrs["record"] for t in sorted(trials, key=lambda t: t.number) if "record" in t.user_attrs]
+
+    def best_record(self) -> dict | None:
+        from optuna.trial import TrialState
+
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return self.study.best_trial.user_attrs.get("record") if complete else None
+
+    def best_network(self, record: dict) -> Any:
+        from jaxdigits.checkpoint import load_params
+
+        path = self.out / BEST_DIR / f"trial-{record['trial']}.safetensors"
+        return load_params(path)[0] if path.is_file() else None
+
+    def note_test(self, record: dict, test: float) -> None:
+        self.study.set_user_attr("best_test_accuracy", {"trial": record["trial"], "test_accuracy": test})
+
+    def close(self) -> None:
+        self.stop.set()
+        self.beat.join(timeout=5)
+
+
+def run_heartbeats(storage, running: Sequence, interval: float, stop: threading.Event) -> None:
+    """Record a heartbeat for each running trial every ``interval`` seconds until ``stop``."""
+    while not stop.wait(interval):
+        for trial in list(running):
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # a trial told meanwhile, or the database briefly away: next time
+                pass
