@@ -27,7 +27,7 @@ _PUBLIC = {
     **dict.fromkeys(('TrainState', 'batch_order', 'init_state', 'make_epoch', 'make_guarded_epoch', 'make_step', 'make_train', 'run_keys'), "jaxdigits.core.epoch"),
     **dict.fromkeys(('CheckpointError', 'ConfigError', 'DataError', 'InputError', 'JaxdigitsError', 'RunFolderError'), "jaxdigits.core.errors"),
     **dict.fromkeys(('evaluate', 'run_status'), "jaxdigits.core.metrics"),
-    **dict.fromkeys(('LESSON_SIZES', 'Network', 'accuracy', 'forward', 'init_mlp', 'layer_activations', 'predict'), "jaxdigits.core.model"),
+    **dict.fromkeys(('LESSON_SIZES', 'Network', 'accuracy', 'forward', 'init_mlp', 'layer_activations', 'predict', 'register_activation'), "jaxdigits.core.model"),
     **dict.fromkeys(('OPTIMIZERS', 'make_optimizer'), "jaxdigits.core.optimizers"),
     **dict.fromkeys(('load_mnist', 'read_idx'), "jaxdigits.data"),
     **dict.fromkeys(('use_cpu_cores',), "jaxdigits.devices"),

@@ -64,7 +64,7 @@ def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray
     raw, header_len = _read_safetensors(path)
     try:
         tensors = load(raw)
-        header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+        header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}  # parsed once already: not too deep
     except Exception as exc:  # safetensors reports truncation and garbage in several ways
         raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupted ({exc})") from None
     if header.get("format") != fmt:
@@ -84,7 +84,7 @@ def load_arrays(path: str | os.PathLike, fmt: str) -> tuple[dict[str, np.ndarray
             )
     try:
         info = json.loads(info_text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         info = None
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: header has no readable info")
@@ -119,8 +119,8 @@ def _read_safetensors(path: Path) -> tuple[bytes, int]:
             header_bytes = f.read(header_len)
             try:
                 header = json.loads(header_bytes)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise refuse(f"header is not JSON: {exc}") from None
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                raise refuse(f"header is not JSON: {str(exc)[:200]}") from None
             if not isinstance(header, dict):
                 raise refuse("header is not a JSON object")
             data_len = 0

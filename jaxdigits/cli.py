@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from jaxdigits.cli_flags import add_config_flags, add_data_flag, config_overrides, out_folder, positive
+from jaxdigits.cli_flags import add_config_flags, add_data_flag, config_overrides, out_folder, positive, seed_flag
 from jaxdigits.core.errors import ConfigError, JaxdigitsError
 
 EXIT_DIVERGED = 3
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=out_folder, required=True, metavar="DIR", help="folder for the report's files")
     report.add_argument("--compare", type=Path, metavar="OTHER",
                         help="a second run folder or params file, measured on the same images and drawn beside it")
-    report.add_argument("--seed", type=int, default=0, help="seed of the random perturbations (default 0)")
+    report.add_argument("--seed", type=seed_flag, default=0, help="seed of the random perturbations, 0..2**32-1 (default 0)")
     report.set_defaults(handler=run_report)
 
     add_sweep_report_parser(commands)

@@ -75,3 +75,8 @@ def positive(flag: str, limit: int = 1 << 20):
         return value
 
     return parse
+
+
+def seed_flag(text: str) -> int:
+    """A seed checked as the run schema checks ``seed`` (0..2**32-1)."""
+    return _parsed("seed")(text)

@@ -283,22 +283,48 @@ def _pid_alive(pid: int, started: str | None = None) -> bool:
     return started is None or _process_start(pid) in (None, started)
 
 
+# Folders locked by this process, so that two threads of one process (whose pid is the same)
+# cannot both claim a folder.
+_HELD: set[str] = set()
+_HELD_GUARD = threading.Lock()
+# The largest pid Linux hands out (PID_MAX_LIMIT); a lock holding anything else is no owner's.
+PID_LIMIT = 1 << 22
+LOCK_BYTES = 256
+
+
 class FolderLock:
     """``path/.jaxdigits.lock``, created exclusively with this process's pid and start time;
     released on exit. A lock whose process is gone (a run killed with ``kill -9``, or a pid reused
-    since) is stale and taken over.
+    since), or that holds no valid pid, is stale and taken over; a lock that is not a regular
+    file is refused in one line. Within one process, a folder held by one thread is refused to
+    the others (an in-process registry: they share the pid).
     """
 
     def __init__(self, folder: Path):
         self.path = folder / LOCK_FILE
         self.held = False
+        self.key = os.path.realpath(folder)
 
     def acquire(self) -> None:
+        with _HELD_GUARD:
+            if self.key in _HELD:
+                raise RunFolderError(f"{self.path.parent} is in use by another thread of this process; give each "
+                                     "run its own --out")
+            _HELD.add(self.key)
+        try:
+            self._acquire()
+        except BaseException:
+            with _HELD_GUARD:
+                _HELD.discard(self.key)
+            raise
+
+    def _acquire(self) -> None:
         # The lock appears whole or not at all: its content goes to a temporary file that is then
         # hard-linked to the lock's name (which fails if the name exists), so no reader ever sees
         # an empty lock and takes it for a stale one.
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=temporary_prefix(LOCK_FILE), suffix=".tmp")
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=temporary_prefix(LOCK_FILE), suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()} {_process_start(os.getpid()) or ''}".strip())
             for _ in range(3):
@@ -318,20 +344,33 @@ class FolderLock:
         except OSError as exc:
             raise RunFolderError(f"{self.path.parent}: cannot use as --out ({exc.strerror or exc})") from None
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
         raise RunFolderError(f"{self.path.parent}: could not claim the folder; try again")
 
     def _owner(self) -> tuple[int | None, str | None]:
+        """``(pid, start time)`` of the lock's writer, ``(None, None)`` when it holds no valid pid;
+        read as every other file is: regular files only, a few bytes, never blocking."""
         try:
-            fields = self.path.read_text().split()
-            return (int(fields[0]) or None if fields else None), (fields[1] if len(fields) > 1 else None)
-        except (OSError, ValueError):
+            fields = read_regular_file(self.path, "lock file", RunFolderError, limit=LOCK_BYTES).decode("ascii").split()
+        except FileNotFoundError:
             return None, None
+        except UnicodeDecodeError:
+            return None, None
+        except RunFolderError as exc:
+            if not self.path.exists() and not self.path.is_symlink():
+                return None, None  # removed meanwhile
+            raise RunFolderError(f"{exc}; delete {self.path} if no jaxdigits run uses {self.path.parent}") from None
+        if not fields or not fields[0].isdigit() or not 0 < int(fields[0]) < PID_LIMIT:
+            return None, None
+        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
 
     def release(self) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+        with _HELD_GUARD:
+            _HELD.discard(self.key)
 
     def __enter__(self):
         self.acquire()

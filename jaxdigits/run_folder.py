@@ -146,8 +146,11 @@ class RunFolder:
             raise CheckpointError(f"{path}: the recorded config is unreadable")
         differences = _differences(saved, config.to_dict())
         if differences:
+            scheduled = saved.get("schedule", "constant") != "constant" and saved.get("epochs") != config.epochs
+            why = (f"; a {saved.get('schedule')} schedule spans the run's {saved.get('epochs')} epochs, so a scheduled "
+                   "run cannot be extended (only a constant rate can)" if scheduled else "")
             raise ConfigError(
-                f"--resume with a different config ({'; '.join(differences)}); drop those flags or use a new --out"
+                f"--resume with a different config ({'; '.join(differences)}){why}; drop those flags or use a new --out"
             )
         saved_data, data_info = info.get("data"), self.data_info
         if isinstance(saved_data, dict) and saved_data.get("sha256") != data_info.get("sha256"):

@@ -105,21 +105,25 @@ class Runner:
         self.on_device = None
 
     def next_trial(self, program: TrainConfig | None):
-        """A trial of ``program`` (or of any, when ``None``): one waiting, else one asked."""
+        """A trial of ``program`` (or of any, when ``None``): one waiting, else one asked. Asked
+        trials of other programs wait for a population of their own; up to a population's width
+        is asked ahead for one that fits, so a population keeps its width while trials come."""
         if program is not None and self.waiting[program]:
             return self.waiting[program].popleft()
         if program is None:
             for queue in self.waiting.values():
                 if queue:
                     return queue.popleft()
-        asked = self.study.ask(self.dims, self.trials)
-        if asked is None:
-            return None
-        trial = (asked, config_of(asked.params, self.dims, self.base, seed=self.base.seed + asked.number))
-        if program is not None and program_key(trial[1]) != program:
+        for _ in range(self.size if program is not None else 1):
+            asked = self.study.ask(self.dims, self.trials)
+            if asked is None:
+                return None
+            self.study.started(asked)  # it counts as running from now on: beat for it
+            trial = (asked, config_of(asked.params, self.dims, self.base, seed=self.base.seed + asked.number))
+            if program is None or program_key(trial[1]) == program:
+                return trial
             self.waiting[program_key(trial[1])].append(trial)
-            return None
-        return trial
+        return None
 
     def run(self) -> int:
         """Train populations until the study has its trials; return the model-epochs trained."""
@@ -154,7 +158,6 @@ class Runner:
     def _place(self, population, slots, row: int, trial) -> None:
         population.place(row, trial[1])
         slots[row] = Slot(trial[0], trial[1], [], [-np.inf, 0])
-        self.study.started(trial[0])
 
     def _epoch(self, population, slots) -> None:
         result = population.epoch()

@@ -124,8 +124,34 @@ class SearchStudy:
         return {state.name: sum(t.state == state for t in trials) for state in TrialState}
 
     def fail_stale(self) -> None:
+        """Fail the trials whose worker stopped beating (and ask them again), including those
+        whose worker died between asking a trial and its first heartbeat (Optuna skips those)."""
         optuna = optuna_module()
         optuna.storages.fail_stale_trials(self.study)
+        for trial_id in self._never_beaten():
+            try:
+                if self.storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(self.study, self.storage.get_trial(trial_id))
+            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                continue  # another worker got there first
+
+    def _never_beaten(self) -> list[int]:
+        """Running trials of this study with no heartbeat at all, started over a grace period ago."""
+        import datetime
+
+        import sqlalchemy
+
+        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.heartbeat[1])
+        mine = {t._trial_id for t in self.running}
+        query = sqlalchemy.text(
+            "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL AND t.datetime_start < :cutoff")
+        try:
+            with self.storage.engine.connect() as connection:
+                rows = connection.execute(query, {"study": self.study._study_id, "cutoff": cutoff}).fetchall()
+        except sqlalchemy.exc.SQLAlchemyError:
+            return []  # a schema of another Optuna version: leave it to Optuna's own check
+        return [row[0] for row in rows if row[0] not in mine]
 
     def ask(self, dims: dict[str, Dimension], budget: int):
         """A new trial (a retried one first), or ``None`` when the study's ``budget`` of complete,

@@ -39,7 +39,7 @@ import jax
 
 from jaxdigits.core.config import SweepGrid, TrainConfig, program_key
 from jaxdigits.core.dataset import Dataset
-from jaxdigits.core.epoch import check_dtype
+from jaxdigits.core.epoch import check_dtype, check_pieces
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import group_configs, memory_estimate
 from jaxdigits.data import load_mnist
@@ -115,6 +115,8 @@ def sweep(
     for config in configs:
         check_dtype(config)
         check_fits(config, datasets[config.dataset])
+    for config in {program_key(c): c for c in configs}.values():  # once per program
+        check_pieces(config, datasets[config.dataset].inputs, datasets[config.dataset].num_classes)
         check_selection(config, datasets[config.dataset].held_out(config.validation))
     writer = jax.process_index() == 0  # with several hosts, only the first touches files
     sink = SweepFolder(out_dir, grid, {n: d.describe() for n, d in datasets.items()}, overwrite) if out_dir and writer else NO_SINK
@@ -250,7 +252,7 @@ def load_grid(path: str | os.PathLike) -> SweepGrid:
             values = tomllib.loads(text)
         else:
             values = json.loads(text)
-    except (ValueError, TypeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, TypeError, RecursionError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise ConfigError(f"{path}: not a valid grid file ({str(exc).splitlines()[0]})") from None
     try:
         return SweepGrid.from_dict(values)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from jaxdigits.core.config import TrainConfig
 from jaxdigits.core.dataset import Dataset
-from jaxdigits.core.epoch import TrainState, check_dtype, init_state, run_keys
+from jaxdigits.core.epoch import TrainState, check_dtype, check_pieces, init_state, run_keys
 from jaxdigits.core.model import Network
 from jaxdigits.data import load_mnist
 from jaxdigits.devices import check_fits, config_mesh, mesh_for
@@ -85,6 +85,7 @@ def train(
     if config.dataset != data.name:  # your own arrays, or files that turned out to be another dataset
         config = config.replace(dataset=data.name)
     check_fits(config, data)
+    check_pieces(config, data.inputs, data.num_classes)
     check_selection(config, data.held_out(config.validation))
     data_info = data.describe() if out_dir is not None else None
     sink = RunFolder(out_dir, resume=resume, overwrite=overwrite, data_info=data_info) if out_dir is not None else NO_SINK

@@ -71,7 +71,8 @@ class TrainConfig:
     """
 
     hidden: tuple[int, ...] = _setting((16, 16), kind="widths", help="hidden-layer widths, e.g. 16,16 (none: no hidden layer)", low=1, high=2**20)
-    activation: str = _setting("sigmoid", kind="name", help="hidden-layer activation", choices=tuple(ACTIVATIONS))
+    activation: str = _setting("sigmoid", kind="name", help="hidden-layer activation (jax.nn's, or one registered)",
+                               choices=tuple(ACTIVATIONS), accepts=lambda name: isinstance(name, str) and name in ACTIVATIONS)
     cost: Any = _setting("quadratic", kind="name", help="cost function", choices=tuple(COSTS), accepts=_is_cost_object)
     penalty: Any = _setting(None, kind="function", help="extra penalty f(network, images, labels) (Python only)")
     optimizer: Any = _setting("sgd", kind="name", help="optimizer (momentum: SGD with momentum 0.9)", choices=tuple(OPTIMIZERS), accepts=callable)
@@ -172,6 +173,21 @@ def _widths(name: str, setting: Setting, value: Any, text: bool) -> tuple[int, .
     return tuple(_number(name, width_setting, width, False) for width in value)
 
 
+def _hashable(name: str, value: Any) -> Any:
+    """Your own cost, optimizer or penalty keys compiled programs, so it must be hashable."""
+    try:
+        hash(value)
+    except TypeError:
+        raise ConfigError(f"{name}: {type(value).__name__} objects are not hashable, and a compiled program is keyed by "
+                          "them; make it a frozen dataclass (@dataclass(frozen=True)) or use jd.Cost") from None
+    return value
+
+
+def _dataset_name(value: str) -> bool:
+    """A name your own data may carry: letters, digits, ``_``, ``-`` and ``.`` (``3-5-8``)."""
+    return bool(value) and len(value) <= 100 and all(c.isalnum() or c in "_-." for c in value)
+
+
 def coerce(name: str, value: Any, text: bool = False) -> Any:
     """``value`` checked (and converted) for field ``name``; ``text`` allows command-line strings
     for numbers and widths. Raises ``ConfigError`` naming the field and what is allowed."""
@@ -184,14 +200,16 @@ def coerce(name: str, value: Any, text: bool = False) -> Any:
         return _widths(name, setting, value, text)
     if setting.kind == "function":
         if value is None or callable(value):
-            return value
+            return _hashable(name, value)
         raise ConfigError(f"{name}: {value!r} is not a function")
     if isinstance(value, str):
-        if value in setting.choices or (name == "dataset" and value.isidentifier()):
+        if value in setting.choices or (name == "dataset" and _dataset_name(value)) or (setting.accepts and setting.accepts(value)):
             return value
-        raise ConfigError(f"{name}: {value!r} is not one of: {', '.join(setting.choices)}")
+        hint = " (your own data may be named with letters, digits, _ - and .)" if name == "dataset" else ""
+        choices = tuple(ACTIVATIONS) if name == "activation" else setting.choices
+        raise ConfigError(f"{name}: {value!r} is not one of: {', '.join(choices)}{hint}")
     if setting.accepts is not None and setting.accepts(value):
-        return value
+        return _hashable(name, value)
     hint = {"cost": "a name or an object with name, output and per_example(z, labels)",
             "optimizer": "a name or a function learning_rate -> optax.GradientTransformation"}.get(name, "a name")
     raise ConfigError(f"{name}: {value!r} is not {hint}")

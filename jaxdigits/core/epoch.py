@@ -46,6 +46,39 @@ def check_dtype(config: TrainConfig) -> None:
                           "jax.config.update('jax_enable_x64', True) before anything runs)")
 
 
+def check_pieces(config: TrainConfig, inputs: int, classes: int) -> None:
+    """Refuse, in one line naming it, a cost whose ``per_example`` is not one number per example,
+    a penalty that is not one number, or an optimizer factory that gives no optax
+    ``GradientTransformation``: checked from shapes alone (``jax.eval_shape``) before anything
+    compiles, instead of failing deep inside JAX or averaging a wrong shape silently."""
+    cost, dtype = resolve_cost(config.cost), jnp.dtype(config.dtype)
+    labels = jax.ShapeDtypeStruct((2,), jnp.int32)
+    shape = _shape_of(f"cost {cost.name!r}", cost.per_example, jax.ShapeDtypeStruct((2, classes), dtype), labels)
+    if shape != (2,):
+        raise ConfigError(f"cost {cost.name!r}: per_example gave shape {shape} for 2 examples; it must give one number "
+                          "per example, (N,)")
+    if config.penalty is not None:
+        sizes = (inputs, *config.hidden, classes)
+        network = jax.eval_shape(lambda: init_mlp(jax.random.PRNGKey(0), sizes, config.activation, cost.output, dtype))
+        name = getattr(config.penalty, "__name__", type(config.penalty).__name__)
+        shape = _shape_of(f"penalty {name!r}", config.penalty, network, jax.ShapeDtypeStruct((2, inputs), dtype), labels)
+        if shape != ():
+            raise ConfigError(f"penalty {name!r} gave shape {shape}; it must give one number, e.g. a sum")
+    if not isinstance(config.optimizer, str):
+        made = config.optimizer(0.1)
+        if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
+            raise ConfigError(f"optimizer {getattr(config.optimizer, '__name__', config.optimizer)!r} returned "
+                              f"{type(made).__name__}; a function of the learning rate must return an optax GradientTransformation")
+
+
+def _shape_of(what: str, function: Callable, *args) -> tuple:
+    try:
+        return tuple(getattr(jax.eval_shape(function, *args), "shape", ()))
+    except Exception as exc:  # the user's piece failing on arrays of the right shapes
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"{what} fails on arrays of the shapes training gives it ({reason})") from None
+
+
 def init_state(
     config: TrainConfig, init_key: jax.Array, inputs: int, classes: int, learning_rate: float | jax.Array | None = None
 ) -> TrainState:
@@ -136,6 +169,7 @@ def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Arra
     noisy = config.augment != "none" or config.dropout > 0
 
     def epoch(state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array):
+        images, labels = jnp.asarray(images), jnp.asarray(labels)  # numpy arrays too, outside jit
         order = batch_order(key, images.shape[0], config.batch_size)
         step = make_step(config, total_steps=config.epochs * order.shape[0])
         dtype = jax.tree_util.tree_leaves(state.params)[0].dtype

@@ -62,7 +62,7 @@ def group_configs(configs: Sequence[TrainConfig],
 class GroupLayout(NamedTuple):
     """How a group's configurations sit in its (seeds, rates) rectangle.
 
-    ``seeds (S,) int32``, ``learning_rates (S, L) float32`` and ``index (S, L) int``: the
+    ``seeds (S,) int64``, ``learning_rates (S, L) float32`` and ``index (S, L) int``: the
     position of each cell's configuration in the group, ``-1`` for a filler cell. ``shard_axis``
     is the rectangle axis split over the devices (0 seeds, 1 rates).
     """
@@ -83,7 +83,7 @@ def plan_layout(configs: Sequence[TrainConfig], num_devices: int = 1) -> GroupLa
     shard_axis = 0 if pad(rows) * cols <= rows * pad(cols) else 1
     rows_total, cols_total = (pad(rows), cols) if shard_axis == 0 else (rows, pad(cols))
     block_list = list(blocks.values())
-    seeds = np.zeros(rows_total, np.int32)
+    seeds = np.zeros(rows_total, np.int64)  # seeds go up to 2**32 - 1
     rates = np.zeros((rows_total, cols_total), np.float32)
     index = np.full((rows_total, cols_total), -1, np.int64)
     for r in range(rows_total):

@@ -22,11 +22,32 @@ from jaxdigits.core.errors import InputError
 
 LESSON_SIZES = (784, 16, 16, 10)
 
+# Hidden-layer activations by name: a network records its activation's name, so a checkpoint
+# computes as it was trained. Add your own with ``register_activation``.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "softplus": jax.nn.softplus,
+    "leaky_relu": jax.nn.leaky_relu,
+    "identity": lambda x: x,
 }
+
+
+def register_activation(name: str, function: Callable[[jax.Array], jax.Array]) -> None:
+    """Make ``function`` (elementwise, ``jax``-traceable) the activation called ``name``: usable
+    in ``init_mlp``, ``TrainConfig(activation=name)``, sweeps and searches, and recorded by name
+    in checkpoints (load them in a process that registered it too). Names are never rebound."""
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise InputError(f"activation name {name!r}: use a plain identifier, e.g. 'my_gelu'")
+    if not callable(function):
+        raise InputError(f"activation {name!r}: {function!r} is not a function of an array")
+    if name in ACTIVATIONS and ACTIVATIONS[name] is not function:
+        raise InputError(f"activation {name!r} is taken; register yours under another name")
+    ACTIVATIONS[name] = function
 
 def _lesson_init(key, fan_in, fan_out, dtype):
     w_key, b_key = jax.random.split(key)
@@ -69,7 +90,8 @@ class Network:
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
-            raise InputError(f"activation {self.activation!r} is not one of: {', '.join(ACTIVATIONS)}")
+            raise InputError(f"activation {self.activation!r} is not one of: {', '.join(ACTIVATIONS)}; "
+                             "a function of your own needs jd.register_activation(name, function) first")
         if self.output not in OUTPUTS:
             raise InputError(f"output {self.output!r} is not one of: {', '.join(OUTPUTS)}")
 
@@ -122,16 +144,18 @@ def _is_concrete(x) -> bool:
 
 
 def check_images(network: Network, images, where: str = "images") -> None:
-    """Refuse images that are not ``(N, inputs)`` floats for ``network``, in one line."""
+    """Refuse images that are not ``(N, inputs)`` (or one example, ``(inputs,)``) floats for
+    ``network``, in one line."""
     if not isinstance(network, Network):
         raise InputError(
             f"{where}: expected a jaxdigits Network (from init_mlp or load_params), got {type(network).__name__}"
         )
     shape, dtype = np.shape(images), jnp.result_type(images)
     inputs = network.sizes[0]
-    if len(shape) != 2 or shape[1] != inputs:
+    if len(shape) not in (1, 2) or shape[-1] != inputs:
         hint = "; flatten them with images.reshape(len(images), -1)" if len(shape) > 2 else ""
-        raise InputError(f"{where}: images have shape {shape}, expected (N, {inputs}) for this network{hint}")
+        raise InputError(f"{where}: images have shape {shape}, expected (N, {inputs}) or one image ({inputs},) "
+                         f"for this network{hint}")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise InputError(f"{where}: images are {dtype}, expected floats in [0, 1] (e.g. images / 255)")
 
@@ -142,11 +166,13 @@ def check_labels(network: Network, images, labels, where: str = "labels") -> Non
     classes = network.sizes[-1]
     if len(shape) == 2 and shape[1] == classes:
         raise InputError(f"{where}: labels look one-hot {shape}; give class indices (N,), e.g. labels.argmax(-1)")
-    if len(shape) != 1 or shape[0] != np.shape(images)[0]:
-        raise InputError(f"{where}: labels have shape {shape}, expected ({np.shape(images)[0]},): one class per image")
+    one = len(np.shape(images)) == 1  # one example: one label, a scalar
+    if (one and shape != ()) or (not one and (len(shape) != 1 or shape[0] != np.shape(images)[0])):
+        expected = "(), one class" if one else f"({np.shape(images)[0]},): one class per image"
+        raise InputError(f"{where}: labels have shape {shape}, expected {expected}")
     if not jnp.issubdtype(dtype, jnp.integer):
         raise InputError(f"{where}: labels are {dtype}, expected integer classes 0..{classes - 1}")
-    if _is_concrete(labels) and shape[0]:
+    if _is_concrete(labels) and (one or shape[0]):
         # numpy, not jnp: inside a trace (jit, scan, vmap) jnp.min of a concrete array is a tracer
         values = np.asarray(labels)
         low, high = int(values.min()), int(values.max())
@@ -155,7 +181,9 @@ def check_labels(network: Network, images, labels, where: str = "labels") -> Non
 
 
 def forward(network: Network, images: jax.Array) -> jax.Array:
-    """Output-layer pre-activations ``z (N, classes)`` for ``images (N, inputs)``.
+    """Output-layer pre-activations ``z (N, classes)`` for ``images (N, inputs)`` (one image
+    ``(inputs,)`` gives ``(classes,)``, so ``jax.vmap``, ``jax.jacrev`` and per-example
+    gradients work over single images).
 
     Every hidden layer applies ``network.activation``; the output layer is left linear so that
     each cost can apply its own output function.
@@ -190,7 +218,8 @@ def layer_activations(network: Network, images: jax.Array) -> list[jax.Array]:
 
 
 def predict(network: Network, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The predicted class ``(N,) int32`` and the output activations ``(N, classes)``."""
+    """The predicted class ``(N,) int32`` and the output activations ``(N, classes)`` (one image
+    ``(inputs,)``: a scalar class and ``(classes,)``)."""
     check_images(network, images, "predict")
     activations = OUTPUTS[network.output](_forward(network, images))
     return jnp.argmax(activations, axis=-1).astype(jnp.int32), activations

@@ -381,3 +381,16 @@ def test_a_corrupted_params_file_is_one_line_without_traceback_from_the_shell(ru
     )
     assert done.returncode == 1
     assert done.stderr == f"jaxdigits predict: error: {run_dir / PARAMS_FILE}: checksum mismatch, the file is corrupted\n"
+
+
+def test_a_registered_activation_is_saved_by_name_and_refused_where_it_is_not_registered(tmp_path):
+    import jaxdigits as jd
+
+    jd.register_activation("swish_for_test", lambda v: v * jax.nn.sigmoid(2 * v))
+    result = train(TrainConfig(activation="swish_for_test", hidden=(8,), epochs=1, lr=1.0), synthetic_dataset(60, 10),
+                   out_dir=tmp_path / "run")
+    network, _ = load_params(tmp_path / "run")
+    assert network.activation == "swish_for_test"
+    np.testing.assert_array_equal(network[0]["w"], result.params[0]["w"])
+    elsewhere = subprocess.run([sys.executable, "-m", "jaxdigits", "evaluate", str(tmp_path / "run")], capture_output=True, text=True)
+    assert elsewhere.returncode == 1 and "register_activation" in elsewhere.stderr and "Traceback" not in elsewhere.stderr

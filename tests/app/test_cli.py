@@ -376,3 +376,10 @@ def test_ctrl_c_keeps_finished_groups_prints_how_to_resume_and_exits_130(tiny_da
     assert done.returncode == 0, done.stderr
     assert f"5 configurations ({5 - len(kept)} trained now, {len(kept)} from before)" in done.stdout
     assert len(lines(out)) == 5
+
+
+@pytest.mark.parametrize("seed", [str(2**70), "-1"])
+def test_report_seed_is_checked_as_a_seed(seed, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["report", str(tmp_path), "--out", str(tmp_path / "report"), "--seed", seed])
+    assert stop.value.code == 2 and "--seed" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ import jaxdigits as jd
 from jaxdigits import files
 from jaxdigits.core.errors import CheckpointError, DataError
 from jaxdigits.files import check_regular_file, write_atomic
-from tests.conftest import synthetic_dataset
+from tests.conftest import deadline, synthetic_dataset
 from tests.helpers import _fifo, needs_posix, one_error_line, run_cli, temporaries
 
 
@@ -119,3 +120,55 @@ def test_a_sweep_folder_is_not_a_training_folder_and_the_reverse(tmp_path):
     jd.train(jd.TrainConfig(epochs=1), data, out_dir=tmp_path / "run")
     with pytest.raises(jd.RunFolderError, match="holds a training run, not a sweep"):
         jd.sweep(data=data, lr=[1.0], epochs=1, out_dir=tmp_path / "run", overwrite=True)
+
+
+def test_threads_of_one_process_cannot_share_a_folder():
+    import tempfile
+    import threading
+
+    out, data, outcomes = tempfile.mkdtemp(), synthetic_dataset(200, 20), []
+    barrier = threading.Barrier(3)
+
+    def run():
+        barrier.wait()
+        try:
+            jd.train(jd.TrainConfig(hidden=(8,), epochs=3), data, out_dir=out)
+            outcomes.append("trained")
+        except jd.RunFolderError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # exactly one thread trains there; the others are refused in one line (never a silent overwrite)
+    assert outcomes.count("trained") == 1, outcomes
+    refused = [o for o in outcomes if o != "trained"]
+    assert all("in use by another thread of this process" in o or "holds a training run" in o or "holds a run" in o
+               for o in refused), refused
+    assert not (Path(out) / files.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("content", ["99999999999999999999", "-1", "0", "12abc", "\xff\xfe"])
+def test_a_lock_that_names_no_process_is_stale(tmp_path, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / files.LOCK_FILE).write_bytes(content.encode("latin-1"))
+    result = jd.train(jd.TrainConfig(hidden=(8,), epochs=1), synthetic_dataset(40, 10), out_dir=out)
+    assert len(result.history) == 1 and not (out / files.LOCK_FILE).exists()
+
+
+@needs_posix
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_lock_that_is_no_regular_file_is_one_line_and_never_hangs(tmp_path, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / files.LOCK_FILE
+    if kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to("/dev/zero")
+    with deadline(20):
+        with pytest.raises(jd.RunFolderError, match="delete .*lock"):
+            jd.train(jd.TrainConfig(hidden=(8,), epochs=1), synthetic_dataset(40, 10), out_dir=out)

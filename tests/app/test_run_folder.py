@@ -218,3 +218,14 @@ def test_nothing_is_written_outside_out(isolated, small_dir):
     assert {k: v for k, v in after.items() if k in before} == before  # cwd, HOME, TMPDIR untouched
     assert tree(small_dir) == data_before
     assert len(history(out)) == EPOCHS + 1
+
+
+def test_a_scheduled_run_cannot_be_extended_and_the_refusal_says_why(tmp_path):
+    data = synthetic_dataset(60, 10)
+    config = TrainConfig(hidden=(8,), epochs=1, schedule="cosine")
+    train(config, data, out_dir=tmp_path / "run")
+    with pytest.raises(cli.ConfigError, match="cosine schedule spans the run's 1 epochs, so a scheduled run cannot be extended"):
+        train(config.replace(epochs=2), data, out_dir=tmp_path / "run", resume=True)
+    train(config.replace(schedule="constant"), data, out_dir=tmp_path / "constant")
+    longer = train(config.replace(schedule="constant", epochs=2), data, out_dir=tmp_path / "constant", resume=True)
+    assert len(longer.history) == 2  # a constant rate can be extended

@@ -187,3 +187,21 @@ def test_a_killed_worker_loses_nothing_finished_and_its_trials_are_retried(tmp_p
     assert set(running) <= set(failed)  # the killed worker's trials were failed ...
     retried = [t.params for t in finished(study) if t.system_attrs.get("failed_trial") in running]
     assert sorted(map(str, retried)) == sorted(map(str, running.values()))  # ... and run again with their parameters
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_asked_again(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    search(SPACE, DATA, trials=2, epochs=1, validation=100, population=2, sampler="random", pruner="none",
+           out_dir=tmp_path, base=BASE)
+    study = optuna_study(tmp_path)
+    orphan = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 10.0, log=True)})  # a worker dies here
+    time.sleep(3)
+    result = search(SPACE, DATA, trials=3, epochs=1, validation=100, population=2, sampler="random", pruner="none",
+                    out_dir=tmp_path, base=BASE, heartbeat=(1, 2))
+    assert len(result.records) == 3
+    study = optuna_study(tmp_path)
+    assert study.trials[orphan.number].state == TrialState.FAIL
+    retried = [t for t in finished(study) if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retried) == 1 and retried[0].params == orphan.params

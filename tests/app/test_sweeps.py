@@ -274,3 +274,17 @@ def test_the_epoch_at_lr_3_is_sensitive_enough_to_show_a_difference(results):
     # The four rates end at different costs: equality above is not a coincidence of a flat run.
     costs = [cost for cost, _ in results[1]["train"]]
     assert len(set(costs)) == len(RATES)
+
+
+def test_seeds_beyond_int32_sweep_as_they_train():
+    seed = 3_000_000_000
+    record = jd.sweep(data=DATA, hidden=[(8,)], lr=[1.0], seed=[seed], epochs=1).records[0]
+    alone = jd.train(jd.TrainConfig(hidden=(8,), lr=1.0, seed=seed, epochs=1), DATA)
+    assert record["seed"] == seed and record["train_cost"] == alone.record["train_cost"]
+
+
+def test_a_deeply_nested_grid_file_is_one_line(tmp_path):
+    path = tmp_path / "grid.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="not a valid grid file"):
+        load_grid(path)

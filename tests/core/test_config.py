@@ -14,7 +14,7 @@ from jaxdigits.core.errors import ConfigError
     "field, value, message",
     [("seed", 2**32, "at most"), ("seed", 1.5, "not an integer"), ("lr", True, "not a number"), ("lr", "1.5", "not a number"),
      ("epochs", float("inf"), "not an integer"), ("lr", 1e400, "finite"), ("lr", 0.0, "> 0"), ("hidden", 16, "not a list"),
-     ("activation", "gelu", "not one of"), ("cost", 3, "not a name or an object"), ("batch_size", 0, ">= 1")],
+     ("activation", "softsign", "not one of"), ("cost", 3, "not a name or an object"), ("batch_size", 0, ">= 1")],
 )
 def test_config_values_are_checked_with_one_typed_validation(field, value, message):
     with pytest.raises(jd.ConfigError, match=message):
@@ -46,3 +46,21 @@ def test_grid_expands_every_combination_in_order():
     assert SweepGrid(hidden=[(16, 16)]).values("hidden") == SweepGrid().values("hidden") == ((16, 16),)
     with pytest.raises(ConfigError, match="ambiguous"):  # one shape of two layers, or two shapes?
         SweepGrid(hidden=[16, 16])
+
+
+def test_an_unhashable_cost_is_one_line_and_any_plain_dataset_name_is_taken():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Mutable:
+        name: str = "mine"
+        output: str = "softmax"
+
+        def per_example(self, z, labels):
+            return z.sum(-1)
+
+    with pytest.raises(ConfigError, match="cost: Mutable objects are not hashable.*frozen dataclass"):
+        jd.TrainConfig(cost=Mutable())
+    assert jd.TrainConfig(dataset="3-5-8").dataset == "3-5-8"
+    with pytest.raises(ConfigError, match="letters, digits"):
+        jd.TrainConfig(dataset="../etc")

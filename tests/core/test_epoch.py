@@ -79,3 +79,32 @@ def test_mnist_sits_on_the_device_as_uint8_and_becomes_exactly_the_same_floats(m
     np.testing.assert_array_equal(np.asarray(epoch_module.as_inputs(jnp.asarray(stored), jnp.float32)), images)
     noisy = images + np.float32(1e-3)
     assert epoch_module.device_images(noisy, "float32").dtype == np.float32  # not whole 255ths: kept as floats
+
+
+def test_make_epoch_takes_numpy_arrays_outside_jit_and_gives_the_jitted_numbers():
+    data = synthetic_dataset(100, 10)
+    config = jd.TrainConfig(hidden=(16,), epochs=1)
+    state = jd.init_state(config, jax.random.PRNGKey(0), 784, 10)
+    eager = jd.make_epoch(config)(state, jax.random.PRNGKey(1), data.train_images, data.train_labels)
+    jitted = jax.jit(jd.make_epoch(config))(state, jax.random.PRNGKey(1), data.train_images, data.train_labels)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_user_pieces_are_checked_by_their_shapes_where_they_enter():
+    import optax
+
+    data = synthetic_dataset(40, 10)
+    wide = jd.Cost("wide", lambda z, labels: z - jax.nn.one_hot(labels, z.shape[-1]), output="softmax")
+    with pytest.raises(jd.ConfigError, match="cost 'wide': per_example gave shape \\(2, 10\\).*one number per example"):
+        jd.train(jd.TrainConfig(cost=wide, epochs=1), data)
+
+    def vector_penalty(network, images, labels):
+        return network[0]["w"].sum(0)
+
+    with pytest.raises(jd.ConfigError, match="penalty 'vector_penalty' gave shape \\(16,\\); it must give one number"):
+        jd.train(jd.TrainConfig(penalty=vector_penalty, epochs=1), data)
+    with pytest.raises(jd.ConfigError, match="must return an optax GradientTransformation"):
+        jd.train(jd.TrainConfig(optimizer=lambda lr: optax.sgd, epochs=1), data)
+    with pytest.raises(jd.ConfigError, match="fails on arrays of the shapes"):
+        jd.sweep(data=data, cost=[jd.Cost("bad", lambda z, labels: z @ jnp.ones((3, 3)), output="softmax")], epochs=1)

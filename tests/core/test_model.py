@@ -112,3 +112,47 @@ def test_bad_inputs_get_one_clear_error_from_every_public_function(images, label
     for fn in (jd.accuracy, jd.quadratic_cost, jd.cross_entropy_cost, jd.evaluate):
         with pytest.raises(jd.InputError, match=message):
             fn(network, images, labels)
+
+
+def test_one_example_is_an_image_of_its_own_and_vmap_jacrev_and_per_example_gradients_work():
+    network = jd.init_mlp(jax.random.PRNGKey(0))
+    images = jnp.asarray(synthetic_dataset(6, 1).train_images)
+    labels = jnp.asarray(synthetic_dataset(6, 1).train_labels)
+    digits, activations = jd.predict(network, images)
+    one_digit, one_activation = jd.predict(network, images[2])
+    assert one_digit.shape == () and int(one_digit) == int(digits[2])
+    np.testing.assert_allclose(one_activation, activations[2], rtol=1e-6)
+    mapped = jax.vmap(lambda x: jd.predict(network, x))(images)  # the Equinox habit
+    np.testing.assert_array_equal(mapped[0], digits)
+    assert jax.jacrev(lambda x: jd.forward(network, x))(images[0]).shape == (10, 784)
+    per_example = jax.vmap(jax.grad(jd.quadratic_cost), in_axes=(None, 0, 0))(network, images, labels)
+    mean = jax.grad(jd.quadratic_cost)(network, images, labels)
+    for a, b in zip(jax.tree.leaves(per_example), jax.tree.leaves(mean)):
+        np.testing.assert_allclose(a.mean(0), b, rtol=2e-5, atol=1e-7)  # the batch gradient is their mean
+    assert [a.shape for a in jd.layer_activations(network, images[0])] == [(784,), (16,), (16,), (10,)]
+    with pytest.raises(jd.InputError, match="expected \\(N, 784\\) or one image"):
+        jd.forward(network, images[0, :100])
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu", "elu", "softplus", "leaky_relu", "identity"])
+def test_activations_by_name_from_jax_nn(name):
+    network = jd.init_mlp(jax.random.PRNGKey(0), (3, 4, 2), activation=name)
+    x = jnp.asarray([[0.5, -1.0, 2.0]])
+    expected = {"gelu": jax.nn.gelu, "silu": jax.nn.silu, "elu": jax.nn.elu, "softplus": jax.nn.softplus,
+                "leaky_relu": jax.nn.leaky_relu, "identity": lambda v: v}[name]
+    hidden = expected(x @ network[0]["w"] + network[0]["b"])
+    np.testing.assert_allclose(jd.forward(network, x), hidden @ network[1]["w"] + network[1]["b"], rtol=1e-6)
+    assert jd.TrainConfig(activation=name).activation == name
+
+
+def test_a_registered_activation_is_a_name_like_the_others():
+    cube = lambda v: v ** 3  # noqa: E731
+    jd.register_activation("cube_for_test", cube)
+    network = jd.init_mlp(jax.random.PRNGKey(1), (3, 4, 2), activation="cube_for_test")
+    x = jnp.asarray([[0.5, -1.0, 2.0]])
+    np.testing.assert_allclose(jd.forward(network, x), cube(x @ network[0]["w"] + network[0]["b"]) @ network[1]["w"] + network[1]["b"], rtol=1e-6)
+    assert jd.TrainConfig(activation="cube_for_test").activation == "cube_for_test"
+    with pytest.raises(jd.InputError, match="is taken"):
+        jd.register_activation("relu", cube)
+    with pytest.raises(jd.ConfigError, match="not one of"):
+        jd.TrainConfig(activation="not_registered")
