@@ -288,3 +288,16 @@ def test_a_deeply_nested_grid_file_is_one_line(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ConfigError, match="not a valid grid file"):
         load_grid(path)
+
+
+def test_a_64_input_4_class_dataset_is_labelled_by_its_own_sizes(capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 120).astype(np.int32)
+    images = (rng.uniform(0, 0.2, (120, 64)) + np.repeat(np.eye(4), 16, axis=1)[labels] * 0.8).astype(np.float32)
+    data = jd.Dataset(images[:100], labels[:100], images[100:], labels[100:], name="blocks")
+    result = jd.sweep(data=data, hidden=[(8,)], lr=[0.5, 1.0], epochs=1, progress=True)
+    printed = capsys.readouterr().err
+    assert {tuple(r["sizes"]) for r in result.records} == {(64, 8, 4)}
+    assert "group size" in printed and "64-8-4" in printed and "784" not in printed
