@@ -172,3 +172,14 @@ def test_a_lock_that_is_no_regular_file_is_one_line_and_never_hangs(tmp_path, ki
     with deadline(20):
         with pytest.raises(jd.RunFolderError, match="delete .*lock"):
             jd.train(jd.TrainConfig(hidden=(8,), epochs=1), synthetic_dataset(40, 10), out_dir=out)
+
+
+def test_a_lock_whose_pid_is_alive_but_started_at_another_time_is_stale(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / files.LOCK_FILE).write_text(f"{os.getppid()} 1")  # a live pid, but not the process that wrote it
+    result = jd.train(jd.TrainConfig(hidden=(8,), epochs=1), synthetic_dataset(40, 10), out_dir=out)
+    assert len(result.history) == 1 and not (out / files.LOCK_FILE).exists()
+    (out / files.LOCK_FILE).write_text(f"{os.getppid()} {files._process_start(os.getppid())}")  # the same, alive
+    with pytest.raises(jd.RunFolderError, match="in use by another jaxdigits process"):
+        jd.train(jd.TrainConfig(hidden=(8,), epochs=1), synthetic_dataset(40, 10), out_dir=out, overwrite=True)

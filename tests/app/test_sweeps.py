@@ -301,3 +301,15 @@ def test_a_64_input_4_class_dataset_is_labelled_by_its_own_sizes(capsys):
     printed = capsys.readouterr().err
     assert {tuple(r["sizes"]) for r in result.records} == {(64, 8, 4)}
     assert "group size" in printed and "64-8-4" in printed and "784" not in printed
+
+
+def test_an_exact_sweep_over_several_seeds_gives_each_member_its_own_seeds_numbers():
+    import numpy as np
+
+    result = jd.sweep(data=DATA, hidden=[(8,)], lr=[0.3, 1.0], seed=[0, 5], epochs=2, exact=True)
+    for record in result.records:
+        alone = jd.train(jd.TrainConfig(hidden=(8,), lr=record["lr"], seed=record["seed"], epochs=2), DATA)
+        assert record["train_cost_curve"] == alone.record["train_cost_curve"]
+        assert record["test_accuracy_curve"] == alone.record["test_accuracy_curve"]
+    curves = {r["seed"]: r["train_cost_curve"] for r in result.records if r["lr"] == 1.0}
+    assert not np.array_equal(curves[0], curves[5])

@@ -108,3 +108,58 @@ def test_user_pieces_are_checked_by_their_shapes_where_they_enter():
         jd.train(jd.TrainConfig(optimizer=lambda lr: optax.sgd, epochs=1), data)
     with pytest.raises(jd.ConfigError, match="fails on arrays of the shapes"):
         jd.sweep(data=data, cost=[jd.Cost("bad", lambda z, labels: z @ jnp.ones((3, 3)), output="softmax")], epochs=1)
+
+
+def test_the_shuffle_is_a_fixed_keys_permutation_and_batches_are_its_slices():
+    key = jax.random.PRNGKey(7)
+    order = np.asarray(batch_order(key, 23, 5))
+    permutation = np.asarray(jax.random.permutation(key, 23))
+    np.testing.assert_array_equal(order, permutation[:20].reshape(4, 5))  # the last 3 sit the epoch out
+    assert not np.array_equal(order, np.asarray(batch_order(jax.random.fold_in(key, 1), 23, 5)))
+
+
+def test_momentum_and_adam_steps_are_optax_steps():
+    import optax
+
+    data = synthetic_dataset(30, 5)
+    x, y = jnp.asarray(data.train_images[:10]), jnp.asarray(data.train_labels[:10])
+    for name, reference in (("momentum", optax.sgd(0.1, momentum=0.9)), ("adam", optax.adam(0.1))):
+        config = jd.TrainConfig(hidden=(8,), optimizer=name, lr=0.1)
+        state = jd.init_state(config, jax.random.PRNGKey(0), 784, 10)
+        params, opt = state.params, reference.init(state.params)
+        step = jax.jit(jd.make_step(config))
+        for _ in range(3):
+            state, _ = step(state, x, y)
+            grads = jax.grad(jd.quadratic_cost)(params, x, y)
+            updates, opt = reference.update(grads, opt, params)
+            params = optax.apply_updates(params, updates)
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_the_schedule_spans_the_whole_run_as_train_computes_it():
+    # cosine over 2 epochs of 3 batches: the rate scale at steps 0..5 is (1 + cos(pi t / 6)) / 2
+    data = synthetic_dataset(30, 5)
+    config = jd.TrainConfig(hidden=(8,), batch_size=10, epochs=2, schedule="cosine", lr=1.0)
+    run = jd.train(config, data)
+    scales = [(1 + np.cos(np.pi * t / 6)) / 2 for t in range(6)]
+    state = jd.init_state(config, jd.run_keys(0)[0], 784, 10)
+    _, shuffle_key = jd.run_keys(0)
+    params = state.params
+    for epoch in (1, 2):
+        order = np.asarray(batch_order(jax.random.fold_in(shuffle_key, epoch), 30, 10))
+        for number, batch in enumerate(order):
+            grads = jax.grad(jd.quadratic_cost)(params, jnp.asarray(data.train_images[batch]), jnp.asarray(data.train_labels[batch]))
+            scale = scales[(epoch - 1) * 3 + number]
+            params = jax.tree.map(lambda p, g: p - scale * g, params, grads)
+    for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_cost_without_a_dropout_key_is_the_cost_without_dropout():
+    data = synthetic_dataset(20, 5)
+    network = jd.init_mlp(jax.random.PRNGKey(0), (784, 32, 10))
+    x, y = data.train_images, data.train_labels
+    assert float(jd.make_objective("quadratic", dropout=0.5)(network, x, y)) == float(jd.make_objective("quadratic")(network, x, y))
+    assert float(jd.make_objective("quadratic", dropout=0.5)(network, x, y, jax.random.PRNGKey(1))) != float(
+        jd.make_objective("quadratic")(network, x, y))

@@ -131,3 +131,35 @@ def test_run_status_of_one_epoch_by_hand():
     assert jd.run_status(at_chance([0.5, 0.4, 0.3]), chance=0.1) == "stalled"  # three epochs cannot tell
     assert jd.run_status(at_chance([0.5, 0.4, 0.3, 0.2]), chance=0.1) == "ok"  # still falling by 1 % and more
     assert jd.run_status(at_chance([0.5, 0.4, 0.3, 0.299]), chance=0.1) == "stalled"
+
+
+def test_calibration_bins_are_left_closed_at_every_inner_edge():
+    # with 5 bins the edges are 0.2, 0.4, 0.6, 0.8: a confidence on an edge belongs to the bin above
+    confidence = jnp.asarray([0.2, 0.4, 0.6, 0.8, 1.0, 0.0], jnp.float32)
+    correct = jnp.asarray([1, 0, 1, 1, 1, 0], bool)
+    c = metrics.calibration(confidence, correct, 5)
+    np.testing.assert_array_equal(c["counts"], [1, 1, 1, 1, 2])
+    # ECE = (1/6) * (|0-0| + |1-0.2| + |0-0.4| + |1-0.6| + |2-1.8|) = 1.8 / 6
+    assert float(c["ece"]) == pytest.approx(1.8 / 6, abs=1e-6)
+
+
+def test_the_stall_margin_is_five_points_above_chance():
+    def history(accuracy):
+        return [{"epoch": k, "train_cost": 0.5, "train_accuracy": accuracy} for k in range(1, 6)]
+
+    assert jd.run_status(history(0.10 + 0.049), chance=0.10) == "stalled"
+    assert jd.run_status(history(0.10 + 0.051), chance=0.10) == "ok"
+
+
+def test_accuracy_and_chunked_evaluation_count_every_image_of_every_chunk_and_class_zero():
+    # a 2-input network whose output is its input: the answer is the larger input
+    network = jd.Network([{"w": jnp.eye(2), "b": jnp.zeros(2)}], "sigmoid", "softmax")
+    n = metrics.EVAL_CHUNK + 3  # the last chunk holds 3 images
+    images = np.zeros((n, 2), np.float32)
+    answers = np.arange(n) % 2
+    images[np.arange(n), answers] = 1.0
+    labels = answers.copy()
+    labels[-1] = 1 - labels[-1]  # the very last image of the last chunk is wrong
+    labels[0] = 1 - labels[0]  # and one image whose answer is class 0
+    assert jd.evaluate(network, images, labels) == (n - 2) / n
+    assert float(jd.accuracy(network, images, labels)) == pytest.approx((n - 2) / n)
