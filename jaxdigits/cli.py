@@ -226,6 +226,8 @@ def add_sweep_parser(commands) -> None:
     sweep.add_argument("--exact", action="store_true", help="train each configuration's arithmetic on its own, so "
                        "its numbers equal `jaxdigits train`'s bit for bit on any device count and group (slower)")
     sweep.add_argument("--top", type=positive("--top"), help="show only the best N configurations in the summary table")
+    sweep.add_argument("--keep", choices=("none", "best", "all"), default="none",
+                       help="save the best (or every) network trained now as a run folder in OUT/networks/ID (default none)")
     sweep.add_argument("--distributed", action="store_true", help="join a multi-host run through "
                        "jax.distributed.initialize() (cluster auto-detection, or the three flags below)")
     sweep.add_argument("--coordinator", help="with --distributed: host:port of process 0")
@@ -267,7 +269,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     writer = jax.process_index() == 0
     try:
         result = sweep(grid, data_dir=args.data_dir, out_dir=args.out, overwrite=args.overwrite,
-                       max_group_size=args.group_size, exact=args.exact, progress=True)
+                       max_group_size=args.group_size, exact=args.exact, progress=True, keep=args.keep)
     except KeyboardInterrupt:
         if writer and SweepFolder(args.out).saved_grid() is None:
             print("interrupted before the sweep started; nothing is saved, run the same command again",

@@ -446,3 +446,18 @@ def _environment() -> dict[str, str]:
     info.update(platform=device.platform, device_kind=device.device_kind, python=platform.python_version(),
                 devices=str(jax.device_count()))
     return info
+
+
+def output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` made ready to write into, before any work: refused in one line when it is a
+    file, a dangling link or cannot be created (so a long computation never ends in a traceback)."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise RunFolderError(f"{flag} {path} is a link to nothing; give a folder")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{flag} {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    return path

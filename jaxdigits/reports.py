@@ -97,8 +97,10 @@ def report(run: Any, data=None, *, data_dir: str | os.PathLike | None = None, ou
     ``{"networks": [one dict of numbers per network (see ``measure``)], "dataset", "seed",
     "figures"}``.
     """
+    from jaxdigits.files import output_folder
     from jaxdigits.loader import load_run
 
+    out = output_folder(out_dir) if out_dir is not None else None  # before the minutes of measuring
     network, _, data, _ = load_run(run, data, data_dir)
     networks = [(network, run)]
     if compare is not None:
@@ -110,8 +112,8 @@ def report(run: Any, data=None, *, data_dir: str | os.PathLike | None = None, ou
     result = {"dataset": data.name, "seed": seed, "networks": results, "figures": {}}
     if compare is not None:
         result["comparison"] = compare_networks(networks[0][0], networks[1][0], data.test_images, data.test_labels)
-    if out_dir is not None:
-        result["figures"] = write_report(result, data.test_images, Path(out_dir))
+    if out is not None:
+        result["figures"] = write_report(result, data.test_images, out)
     return result
 
 
@@ -701,6 +703,10 @@ def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None
         raise RunFolderError(f"{folder} holds a training run, not a sweep; use `jaxdigits report` for it")
     if out_dir is not None and Path(out_dir).is_dir() and folder_kind(Path(out_dir)) is not None:
         raise RunFolderError(f"{out_dir} holds a training run or a sweep; give the report a folder of its own")
+    if out_dir is not None:
+        from jaxdigits.files import output_folder
+
+        output_folder(out_dir)
     records, problems = read_results(folder / RESULTS_FILE)
     for problem in problems:
         warnings.warn(problem, ResultsWarning, stacklevel=3)

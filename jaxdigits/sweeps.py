@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import jax
+import numpy as np
 
 from jaxdigits.core.config import SweepGrid, TrainConfig, program_key
 from jaxdigits.core.dataset import Dataset
@@ -58,6 +59,7 @@ class SweepResult(NamedTuple):
     records: list[dict]
     trained: int
     resumed: int
+    networks: dict = {}  # config id -> the network kept (``keep``), for configurations trained now
 
     def summary(self) -> str:
         """One line: how many configurations, how they ended, and the best, chosen on validation
@@ -87,6 +89,7 @@ def sweep(
     cpu_devices: int | None = None,
     exact: bool = False,
     progress: bool = False,
+    keep: str = "none",
     **axes: Any,
 ) -> SweepResult:
     """Train every configuration of a grid; return one record per configuration.
@@ -107,7 +110,12 @@ def sweep(
     rounds differently as the group and the device count change.
 
     Each record is ``train``'s record for that configuration (see ``records.run_record``).
+    ``keep="best"`` (the best trained now, on what rankings read) or ``"all"`` returns the
+    networks in ``networks`` by config id and, with ``out_dir``, saves each as a run folder
+    ``out_dir/networks/ID/`` that ``evaluate``, ``report`` and ``serve`` open directly.
     """
+    if keep not in ("none", "best", "all"):
+        raise ConfigError(f"keep {keep!r} is not one of: none, best, all")
     grid = as_grid(grid, axes, data)
     _check_devices(devices, cpu_devices, max_group_size)
     datasets, grid = load_datasets(grid, data, data_dir)
@@ -124,11 +132,14 @@ def sweep(
         done = agree_on_done(configs, sink.open(configs, None))
         mesh = config_mesh(devices)
         groups, layout = plan_groups([c for c in configs if config_id(c) not in done], datasets, mesh, max_group_size)
-        new = train_groups(groups, layout, datasets, sink, mesh, exact, progress and writer, (len(configs), len(done)))
+        keeper = Keeper(keep)
+        new = train_groups(groups, layout, datasets, sink, mesh, exact, progress and writer, (len(configs), len(done)), keeper)
     finally:
         sink.close()
     records = [new.get(config_id(c)) or done[config_id(c)] for c in configs]
-    return SweepResult(records, len(new), len(configs) - len(new))
+    if out_dir is not None and writer:
+        keeper.save(Path(out_dir) / "networks", new)
+    return SweepResult(records, len(new), len(configs) - len(new), keeper.networks)
 
 
 def as_grid(grid: SweepGrid | dict | None, axes: dict, data: Dataset | None) -> SweepGrid:
@@ -189,7 +200,7 @@ def plan_groups(configs: Sequence[TrainConfig], datasets: dict[str, Dataset], me
 
 
 def train_groups(groups, layout: str, datasets: dict[str, Dataset], sink, mesh, exact: bool, progress: bool,
-                 total: tuple[int, int]) -> dict[str, dict]:
+                 total: tuple[int, int], keeper: "Keeper") -> dict[str, dict]:
     """Train each group through ``driver.run_group``; the new records by config id."""
     on_device: dict[tuple, DeviceData] = {}
     new: dict[str, dict] = {}
@@ -206,9 +217,39 @@ def train_groups(groups, layout: str, datasets: dict[str, Dataset], sink, mesh, 
             results = run_group(group, on_device[key], sink, mesh=group_mesh, exact=exact, every_epoch=("validation", "test"),
                                 on_epoch=lambda e, n, _: bar.status(f"epoch {e}/{n}"))
             new.update((r.record["id"], r.record) for r in results)
+            keeper.add(results)
             bar.update(len(group))
             bar.write(group_line(label, [r.record for r in results]), file=sys.stderr)
     return new
+
+
+class Keeper:
+    """The networks a sweep keeps: none, the best trained so far (on validation where it has a
+    split, else test accuracy; ``ok`` runs only), or all, as numpy arrays."""
+
+    def __init__(self, keep: str):
+        self.keep, self.networks, self.best = keep, {}, -1.0
+
+    def add(self, results) -> None:
+        for result in results if self.keep != "none" else ():
+            record = result.record
+            score = record["selected_validation_accuracy"] if record["selected_validation_accuracy"] is not None else record["test_accuracy"]
+            if self.keep == "best" and (record["status"] != "ok" or score is None or score <= self.best):
+                continue
+            network = jax.tree_util.tree_map(np.asarray, result.network())
+            if self.keep == "best":
+                self.best, self.networks = score, {}
+            self.networks[record["id"]] = network
+
+    def save(self, folder: Path, records: dict[str, dict]) -> None:
+        """Each kept network as a run folder ``folder/ID/params.safetensors`` (config and record inside)."""
+        from jaxdigits.checkpoint import PARAMS_FILE, save_params
+
+        for config_id_, network in self.networks.items():
+            record = records[config_id_]
+            (folder / config_id_).mkdir(parents=True, exist_ok=True)
+            config = {name: record[name] for name in TrainConfig.__dataclass_fields__}
+            save_params(folder / config_id_ / PARAMS_FILE, network, {"config": config, "record": record})
 
 
 def accuracy_text(record: dict, metric: str) -> str:

@@ -149,3 +149,17 @@ def test_report_compare_says_whether_the_difference_is_significant():
     assert same["only_a"] == same["only_b"] == 0 and not same["significant"]
     differ = compare_networks(result.params, weak.params, data.test_images, data.test_labels)
     assert differ["significant"] and differ["only_a"] > differ["only_b"]
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_a_report_out_that_is_no_folder_is_refused_before_anything_is_measured(tmp_path, monkeypatch, kind):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("not a folder")
+    else:
+        out.symlink_to(tmp_path / "nowhere")
+    monkeypatch.setattr(reports, "measure", lambda *a, **k: pytest.fail("measured before checking --out"))
+    network = jd.init_mlp(jax.random.PRNGKey(0))
+    data = synthetic_dataset(20, 10)
+    with pytest.raises(jd.RunFolderError, match="--out .*(is a file|link to nothing); give a folder"):
+        jd.report(network, data, out_dir=out)

@@ -313,3 +313,21 @@ def test_an_exact_sweep_over_several_seeds_gives_each_member_its_own_seeds_numbe
         assert record["test_accuracy_curve"] == alone.record["test_accuracy_curve"]
     curves = {r["seed"]: r["train_cost_curve"] for r in result.records if r["lr"] == 1.0}
     assert not np.array_equal(curves[0], curves[5])
+
+
+def test_a_sweep_keeps_its_best_network_or_all_of_them_as_run_folders(tmp_path):
+    import numpy as np
+
+    grid = dict(hidden=[(8,)], lr=[0.3, 3.0], seed=[0, 1], epochs=2, validation=50)
+    best = jd.sweep(data=DATA, out_dir=tmp_path / "best", keep="best", **grid)
+    chosen = max((r for r in best.records if r["status"] == "ok"), key=lambda r: r["selected_validation_accuracy"])
+    assert list(best.networks) == [chosen["id"]]
+    alone = jd.train(jd.TrainConfig(hidden=(8,), lr=chosen["lr"], seed=chosen["seed"], epochs=2, validation=50), DATA)
+    assert jd.evaluate(best.networks[chosen["id"]], DATA.test_images, DATA.test_labels) == chosen["test_accuracy"]
+    saved, info = jd.load_params(tmp_path / "best" / "networks" / chosen["id"])
+    np.testing.assert_array_equal(saved[0]["w"], best.networks[chosen["id"]][0]["w"])
+    assert info["record"]["id"] == chosen["id"] and alone.record["train_cost"] == pytest.approx(chosen["train_cost"], rel=1e-4)
+    every = jd.sweep(data=DATA, keep="all", **grid)
+    assert sorted(every.networks) == sorted(r["id"] for r in every.records)
+    with pytest.raises(ConfigError, match="keep 'some' is not one of"):
+        jd.sweep(data=DATA, keep="some", **grid)
