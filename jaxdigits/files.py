@@ -401,13 +401,7 @@ def claim_folder(folder: str | os.PathLike, kind: str, own_files: Iterable[str],
     holding this kind is resumed with ``resume``, replaced with ``overwrite`` (only ``own_files``
     are removed; unrelated files are always left alone), and refused otherwise.
     """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunFolderError(f"{folder}: --out must be a folder, and this is a file")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunFolderError(f"{folder}: cannot use as --out ({exc.strerror or exc})") from None
+    folder = output_folder(folder)
     lock = FolderLock(folder)
     lock.acquire()
     try:
@@ -453,11 +447,11 @@ def output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     file, a dangling link or cannot be created (so a long computation never ends in a traceback)."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise RunFolderError(f"{flag} {path} is a link to nothing; give a folder")
+        raise RunFolderError(f"{path}: {flag} is a link to nothing; give a folder")
     if path.exists() and not path.is_dir():
-        raise RunFolderError(f"{flag} {path} is a file; give a folder")
+        raise RunFolderError(f"{path}: {flag} must be a folder, and this is a file; give a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunFolderError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
+        raise RunFolderError(f"{path}: cannot use as {flag} ({exc.strerror or exc})") from None
     return path

@@ -107,17 +107,13 @@ def sweep(
     of them, when JAX has not started yet). With ``exact``, members share no arithmetic: each
     configuration's numbers are bit for bit those of ``train`` alone, on any device count and in
     any group (slower); by default members of one seed share one wide first-layer product, which
-    rounds differently as the group and the device count change.
-
-    Each record is ``train``'s record for that configuration (see ``records.run_record``).
-    ``keep="best"`` (the best trained now, on what rankings read) or ``"all"`` returns the
+    rounds differently as the group and the device count change. Each record is ``train``'s
+    record for that configuration (see ``records.run_record``). ``keep="best"`` (the best trained now, on what rankings read) or ``"all"`` returns the
     networks in ``networks`` by config id and, with ``out_dir``, saves each as a run folder
     ``out_dir/networks/ID/`` that ``evaluate``, ``report`` and ``serve`` open directly.
     """
-    if keep not in ("none", "best", "all"):
-        raise ConfigError(f"keep {keep!r} is not one of: none, best, all")
     grid = as_grid(grid, axes, data)
-    _check_devices(devices, cpu_devices, max_group_size)
+    _check_options(devices, cpu_devices, max_group_size, keep)
     datasets, grid = load_datasets(grid, data, data_dir)
     configs = grid.configs()
     for config in configs:
@@ -157,7 +153,9 @@ def as_grid(grid: SweepGrid | dict | None, axes: dict, data: Dataset | None) -> 
     return grid
 
 
-def _check_devices(devices, cpu_devices: int | None, max_group_size: int | None) -> None:
+def _check_options(devices, cpu_devices: int | None, max_group_size: int | None, keep: str) -> None:
+    if keep not in ("none", "best", "all"):
+        raise ConfigError(f"keep {keep!r} is not one of: none, best, all")
     if max_group_size is not None and max_group_size < 1:
         raise ConfigError(f"group size must be at least 1, got {max_group_size}")
     if devices is None and not use_cpu_cores(cpu_devices) and cpu_devices is not None:

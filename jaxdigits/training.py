@@ -86,12 +86,13 @@ def train(
         config = config.replace(dataset=data.name)
     check_fits(config, data)
     check_pieces(config, data.inputs, data.num_classes)
-    check_selection(config, data.held_out(config.validation))
+    held = data.held_out(config.validation)
+    check_selection(config, held)
     data_info = data.describe() if out_dir is not None else None
     sink = RunFolder(out_dir, resume=resume, overwrite=overwrite, data_info=data_info) if out_dir is not None else NO_SINK
     try:
         start = sink.open([config], lambda c: init_state(c, run_keys(c.seed)[0], data.inputs, data.num_classes))
-        result = _run(config, data, sink, start.get(config_id(config), Start()), progress)
+        result = _run(config, held, sink, start.get(config_id(config), Start()), progress)
     except KeyboardInterrupt:
         raise TrainInterrupted(getattr(sink, "saved_epochs", 0)) from None
     finally:
@@ -105,7 +106,7 @@ def train(
 
 
 def _run(config: TrainConfig, data: Dataset, sink, start: Start, progress: bool):
-    """The run through the driver, one line per epoch."""
+    """The run through the driver (``data`` with its validation split held out), one line per epoch."""
     mesh = mesh_for(1, config_mesh())
     with Progress(config.epochs, "epoch", "training", progress, initial=len(start.history)) as bar:
         def on_epoch(epoch: int, epochs: int, histories: list[list[dict]]) -> None:
@@ -113,6 +114,6 @@ def _run(config: TrainConfig, data: Dataset, sink, start: Start, progress: bool)
             if not histories[0][-1].get("diverged"):
                 bar.write(format_epoch(histories[0][-1], epochs))
 
-        device_data = put_data(data.held_out(config.validation), mesh, config.dtype)
+        device_data = put_data(data, mesh, config.dtype)
         [result] = run_group([config], device_data, sink, mesh=mesh, start=start, on_epoch=on_epoch)
     return result

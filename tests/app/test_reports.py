@@ -161,5 +161,5 @@ def test_a_report_out_that_is_no_folder_is_refused_before_anything_is_measured(t
     monkeypatch.setattr(reports, "measure", lambda *a, **k: pytest.fail("measured before checking --out"))
     network = jd.init_mlp(jax.random.PRNGKey(0))
     data = synthetic_dataset(20, 10)
-    with pytest.raises(jd.RunFolderError, match="--out .*(is a file|link to nothing); give a folder"):
+    with pytest.raises(jd.RunFolderError, match="--out (is a link to nothing|must be a folder, and this is a file); give a folder"):
         jd.report(network, data, out_dir=out)

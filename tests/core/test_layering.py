@@ -100,3 +100,12 @@ def test_no_module_is_shadowed_and_the_modules_import_each_other_without_cycles(
         return any(m == target or (m not in seen and reaches(m, target, (*seen, m))) for m in imports[start])
 
     assert [m for m in modules if reaches(m, m)] == []
+
+
+def test_no_function_in_the_package_is_over_60_lines():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []
