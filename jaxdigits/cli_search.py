@@ -89,5 +89,6 @@ def run_search_report(args: argparse.Namespace) -> int:
 
     out = args.report if args.report is not None else args.out_dir / "report"
     result = search_report(args.out_dir, out, storage=args.storage, study=args.study)
-    print(f"{result['finished']} trials ({result['states']}); report in {out / 'report.html'}")
+    states = ", ".join(f"{count} {state}" for state, count in result["states"].items())
+    print(f"{result['finished']} trials ({states}); report in {out / 'report.html'}")
     return 0
