@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdigits.core.config import TrainConfig, program_key
 from jaxdigits.core.dataset import Dataset
-from jaxdigits.core.epoch import TrainState, device_images, init_state, make_guarded_epoch, run_keys
+from jaxdigits.core.epoch import TrainState, augment_strengths, device_images, init_state, make_guarded_epoch, run_keys
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import (MESH_AXIS, exact_group_epoch, fetch_global, group_epoch, group_score, init_rectangle,
                                   plan_layout, put_global)
@@ -155,30 +155,30 @@ def single_trainer(config: TrainConfig, data: DeviceData, start: Start) -> Train
     """One configuration, with ``train``'s unbatched compiled epoch (bit-identical resume)."""
     init_key, shuffle_key = run_keys(config.seed)
     state = start.state if start.state is not None else init_state(config, init_key, data.inputs, data.classes)
-    alive, began = jnp.asarray(True), time.perf_counter()
-    epoch_fn = compiled(make_guarded_epoch, config, state, alive, shuffle_key, data.train_images, data.train_labels)
+    alive, began, strengths = jnp.asarray(True), time.perf_counter(), augment_strengths(config)
+    epoch_fn = compiled(make_guarded_epoch, config, state, alive, shuffle_key, data.train_images, data.train_labels, strengths)
 
     def epoch(state, alive, number):
-        return epoch_fn(state, alive, jax.random.fold_in(shuffle_key, number), data.train_images, data.train_labels)
+        return epoch_fn(state, alive, jax.random.fold_in(shuffle_key, number), data.train_images, data.train_labels, strengths)
 
     return Trainer(state, epoch, jitted(make_score, config), [()], alive.sharding, 1, time.perf_counter() - began)
 
 
 def group_trainer(configs: Sequence[TrainConfig], data: DeviceData, mesh: Mesh, exact: bool) -> Trainer:
-    """Configurations of one program as a (seeds, rates) rectangle sharded over ``mesh``."""
+    """Configurations of one program as a (rows, members) rectangle sharded over ``mesh``."""
     program = program_key(configs[0])
     layout = plan_layout(configs, mesh.size)
     spec = (MESH_AXIS, None) if layout.shard_axis == 0 else (None, MESH_AXIS)
     cells, rows = NamedSharding(mesh, PartitionSpec(*spec)), NamedSharding(mesh, PartitionSpec(spec[0]))
-    states, shuffle_keys = init_rectangle(program, layout, (data.inputs, data.classes), cells, rows)
+    states, shuffle_keys, strengths = init_rectangle(configs, layout, (data.inputs, data.classes), cells, rows)
     alive, began = put_global(np.ones(layout.index.shape, bool), cells), time.perf_counter()
     build = exact_group_epoch(mesh, cells.spec) if exact else group_epoch
-    epoch_fn = compiled(build, program, states, alive, shuffle_keys, 1, data.train_images, data.train_labels,
+    epoch_fn = compiled(build, program, states, alive, shuffle_keys, 1, data.train_images, data.train_labels, strengths,
                         out_shardings=(cells, cells, cells))
     score = jitted(group_score, program, out_shardings=(cells, cells))
 
     def epoch(states, alive, number):
-        return epoch_fn(states, alive, shuffle_keys, number, data.train_images, data.train_labels)
+        return epoch_fn(states, alive, shuffle_keys, number, data.train_images, data.train_labels, strengths)
 
     where = {int(layout.index[cell]): cell for cell in zip(*np.nonzero(layout.index >= 0))}
     return Trainer(states, epoch, score, [tuple(map(int, where[i])) for i in range(len(configs))], cells, mesh.size,
@@ -189,7 +189,7 @@ def make_trainer(configs: Sequence[TrainConfig], data: DeviceData, mesh: Mesh, e
     """A lone configuration on one host trains unbatched; more train as one vmapped group."""
     first = configs[0]
     if any((program_key(c), c.epochs) != (program_key(first), first.epochs) for c in configs):
-        raise ConfigError("a group needs configurations that differ only in learning rate and seed")
+        raise ConfigError("a group needs configurations of one program (program_key) and as many epochs")
     if len(configs) == 1 and jax.process_count() == 1:
         return single_trainer(first, data, start)
     if start.history:

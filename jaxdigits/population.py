@@ -1,9 +1,10 @@
 """A population: a fixed number of slots that train as one compiled program, each slot holding
 one configuration at its own epoch, refilled with a new configuration without recompiling.
 
-The slots are the rows of ``core.group``'s rectangle with one rate per row (``(P, 1)``), so each
-row has its own seed, shuffle key, learning rate (in its optimizer state) and epoch number: the
-group epoch takes one epoch number per row. Placing a configuration in a row is one compiled
+The slots are the rows of ``core.group``'s rectangle with one member per row (``(P, 1)``), so
+each row has its own seed, shuffle key, augmentation strengths, update numbers (rate, ``l2``,
+dropout rate, momentum, Adam's betas: in its optimizer state) and epoch number: the group epoch
+takes one epoch number per row. Placing a configuration in a row is one compiled
 update with the row as a traced index, so a search refills slots for as long as it likes with
 the programs it compiled for the first (the epoch, the score, the update).
 """
@@ -19,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdigits.core.config import TrainConfig, program_key
-from jaxdigits.core.epoch import init_state, run_keys
+from jaxdigits.core.epoch import augment_strengths, init_state, run_keys
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import MESH_AXIS, fetch_global, group_epoch, group_score, put_global
 from jaxdigits.core.metrics import chunked_mean
@@ -54,29 +55,31 @@ class Population:
         self.program, self.size, self.data = program_key(program), size, data
         self.cells = NamedSharding(mesh, PartitionSpec(MESH_AXIS, None))
         self.rows = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
-        fresh = init_state(program, run_keys(0)[0], data.inputs, data.classes, learning_rate=float(program.lr))
+        fresh = init_state(program, run_keys(0)[0], data.inputs, data.classes)
         self.states = jax.tree_util.tree_map(lambda x: put_global(np.broadcast_to(x, (size, 1) + x.shape), self.cells), fresh)
         self.keys = put_global(np.zeros((size, 2), np.uint32), self.rows)
+        self.strengths = {k: put_global(np.broadcast_to(v, (size,)), self.rows) for k, v in augment_strengths(program).items()}
         self.numbers = np.zeros(size, np.int64)  # the epoch each row runs next
         self.occupied = np.zeros(size, bool)
         self.best = self.states.params
         began = time.perf_counter()
         self._epoch = compiled(group_epoch, self.program, self.states, put_global(np.ones((size, 1), bool), self.cells),
                                self.keys, put_global(np.ones(size, np.uint32), self.rows), data.train_images,
-                               data.train_labels, out_shardings=(self.cells, self.cells, self.cells))
+                               data.train_labels, self.strengths, out_shardings=(self.cells, self.cells, self.cells))
         self._score = jitted(group_score, self.program, out_shardings=(self.cells, self.cells))
         self.compile_seconds = time.perf_counter() - began
 
     def place(self, row: int, config: TrainConfig) -> None:
-        """Start ``config`` in ``row`` exactly as ``train`` starts it (its seed, its rate)."""
+        """Start ``config`` in ``row`` exactly as ``train`` starts it (its seed, its numbers)."""
         if program_key(config) != self.program:
             raise ConfigError("a population trains configurations of one program; this one differs")
         init_key, shuffle_key = run_keys(config.seed)
-        state = init_state(config, init_key, self.data.inputs, self.data.classes, learning_rate=float(config.lr))
+        state = init_state(config, init_key, self.data.inputs, self.data.classes)
         index = jnp.asarray(row, jnp.int32)
         self.states = _set_row(self.states, index, state)
         self.best = _set_row(self.best, index, state.params)
         self.keys = _set_row(self.keys, index, shuffle_key)
+        self.strengths = _set_row(self.strengths, index, augment_strengths(config))
         self.numbers[row], self.occupied[row] = 1, True
 
     def free(self, row: int) -> None:
@@ -88,7 +91,7 @@ class Population:
         training = put_global(self.occupied[:, None], self.cells)
         numbers = put_global(self.numbers.astype(np.uint32), self.rows)
         self.states, alive, costs = self._epoch(self.states, training, self.keys, numbers,
-                                                self.data.train_images, self.data.train_labels)
+                                                self.data.train_images, self.data.train_labels, self.strengths)
         accuracy, validation_cost = chunked_mean(self._score, self.states.params, self.data.chunks["validation"],
                                                  fetch=fetch_global)
         self.numbers += self.occupied

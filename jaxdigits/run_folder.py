@@ -183,6 +183,10 @@ def _saved_history(path: Path, info: dict) -> list[dict]:
 
 def _restore_opt_state(path: Path, tensors: dict, template, config: TrainConfig):
     leaves, treedef = jax.tree_util.tree_flatten(template)
+    stored = sum(1 for name in tensors if name.startswith("opt_state."))
+    if stored != len(leaves):  # e.g. written before the update's numbers joined the rate in the state
+        raise CheckpointError(f"{path}: its optimizer state holds {stored} arrays where this jaxdigits keeps {len(leaves)} "
+                              f"for optimizer {config.to_dict()['optimizer']!r}; start the run again without --resume")
     restored = []
     for i, leaf in enumerate(leaves):
         array = tensors.get(f"opt_state.{i}")

@@ -22,7 +22,7 @@ from jaxdigits.core.costs import COSTS
 from jaxdigits.core.dataset import DATASETS
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.model import ACTIVATIONS, INITS
-from jaxdigits.core.optimizers import OPTIMIZERS, SCHEDULES
+from jaxdigits.core.optimizers import OPTIMIZERS, SCHEDULES, takes_traced_rate
 
 SEED_LIMIT = 2**32  # jax.random.PRNGKey takes 32-bit seeds; larger ones would alias smaller ones
 COUNT_LIMIT = 2**31 - 1
@@ -75,8 +75,11 @@ class TrainConfig:
                                choices=tuple(ACTIVATIONS), accepts=lambda name: isinstance(name, str) and name in ACTIVATIONS)
     cost: Any = _setting("quadratic", kind="name", help="cost function", choices=tuple(COSTS), accepts=_is_cost_object)
     penalty: Any = _setting(None, kind="function", help="extra penalty f(network, images, labels) (Python only)")
-    optimizer: Any = _setting("sgd", kind="name", help="optimizer (momentum: SGD with momentum 0.9)", choices=tuple(OPTIMIZERS), accepts=callable)
+    optimizer: Any = _setting("sgd", kind="name", help="optimizer (momentum: SGD with --momentum)", choices=tuple(OPTIMIZERS), accepts=callable)
     lr: float = _setting(3.0, kind="float", help="learning rate", low=0.0, above=True)
+    momentum: float = _setting(0.9, kind="float", help="optimizer momentum: its momentum coefficient", low=0.0, high=0.9999)
+    b1: float = _setting(0.9, kind="float", help="optimizer adam: decay of the first-moment estimate", low=0.0, high=0.9999)
+    b2: float = _setting(0.999, kind="float", help="optimizer adam: decay of the second-moment estimate", low=0.0, high=0.999999)
     batch_size: int = _setting(10, kind="int", help="mini-batch size", low=1, high=COUNT_LIMIT)
     epochs: int = _setting(30, kind="int", help="epochs", low=1, high=10**6)
     seed: int = _setting(0, kind="int", help="random seed", low=0, high=SEED_LIMIT - 1)
@@ -218,12 +221,33 @@ def coerce(name: str, value: Any, text: bool = False) -> Any:
 DEFAULTS = TrainConfig()
 
 
+# Numbers a compiled program takes as values rather than constants: configurations that differ
+# only in them train in one program. The update's numbers ride in each member's optimizer state
+# (``optax.inject_hyperparams``); the augmentation's belong to a stream of batches (a group row).
+UPDATE_NUMBERS = ("lr", "l2", "dropout", "momentum", "b1", "b2")
+AUGMENT_NUMBERS = ("rotation", "scale", "shear", "shift", "elastic_alpha", "elastic_sigma")
+# l2 and dropout switched off cost nothing; switched on, their value is traced: off and on are
+# two programs, and the key holds this stand-in value for "on".
+SWITCHED_ON = {"l2": 1.0, "dropout": 0.5}
+
+
+def numbers(config: TrainConfig, names: tuple[str, ...]) -> dict[str, float]:
+    """``{name: value}`` of ``config``'s fields ``names`` (``UPDATE_NUMBERS``, ``AUGMENT_NUMBERS``)."""
+    return {name: getattr(config, name) for name in names}
+
+
 def program_key(config: TrainConfig) -> TrainConfig:
-    """What decides a compiled epoch program: the config without its learning rate, seed and
-    epoch count (those are values the program takes, or how often it runs; a schedule other
-    than ``constant`` spans the whole run, so there the epoch count stays). Your own cost,
-    optimizer and penalty are part of the key as the objects they are, never by name."""
-    return config.replace(lr=DEFAULTS.lr, seed=DEFAULTS.seed, epochs=1 if config.schedule == "constant" else config.epochs)
+    """What decides a compiled epoch program: the config without its seed, epoch count and the
+    numbers it takes as values (``UPDATE_NUMBERS``, ``AUGMENT_NUMBERS``; for ``l2`` and
+    ``dropout`` only whether they are on). A schedule other than ``constant`` spans the whole
+    run, so there the epoch count stays; an optimizer factory that cannot take a traced rate
+    (``optimizers.takes_traced_rate``) keeps its rate. Your own cost, optimizer and penalty are
+    part of the key as the objects they are, never by name."""
+    values = {name: getattr(DEFAULTS, name) for name in UPDATE_NUMBERS + AUGMENT_NUMBERS}
+    values.update({name: on for name, on in SWITCHED_ON.items() if getattr(config, name)})
+    if not takes_traced_rate(config.optimizer):
+        values["lr"] = config.lr
+    return config.replace(seed=DEFAULTS.seed, epochs=1 if config.schedule == "constant" else config.epochs, **values)
 
 
 # --- sweep grids ----------------------------------------------------------------------------

@@ -6,7 +6,10 @@ on the device; ``make_guarded_epoch`` keeps a run's last finite state once its c
 non-finite (how divergence is detected, alone or under ``vmap``); ``make_train`` is a whole run
 as one pure function, in the manner of PureJaxRL's ``make_train(config)``. The learning rate
 lives in the optimizer state (``optax.inject_hyperparams``), so it is a traced value and one
-compiled program trains every rate.
+compiled program trains every rate; so do ``l2``, ``dropout``, ``momentum``, ``b1`` and ``b2``
+(``config.UPDATE_NUMBERS``), while the augmentation's strengths (``config.AUGMENT_NUMBERS``)
+are values the epoch takes. Inside a program the config stands for its ``program_key``: the
+numbers are read from the state and the arguments, never from the config.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import optax
 
 from jaxdigits.core import transforms
-from jaxdigits.core.config import TrainConfig
+from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS, TrainConfig, numbers
 from jaxdigits.core.costs import make_objective, resolve_cost
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.model import Network, init_mlp
@@ -80,27 +83,33 @@ def _shape_of(what: str, function: Callable, *args) -> tuple:
 
 
 def init_state(
-    config: TrainConfig, init_key: jax.Array, inputs: int, classes: int, learning_rate: float | jax.Array | None = None
+    config: TrainConfig, init_key: jax.Array, inputs: int, classes: int, learning_rate: float | jax.Array | None = None,
+    update: dict[str, float | jax.Array] | None = None,
 ) -> TrainState:
     """A fresh network of ``inputs``-``config.hidden``-``classes`` (computing with the config's
-    activation and its cost's output function) and its optimizer state. ``learning_rate``
-    (default ``config.lr``) may be a traced value, so one compiled program can start many rates."""
+    activation and its cost's output function) and its optimizer state, which holds the update's
+    numbers: the config's, or those in ``update`` (``{"lr": ..., "l2": ...}``) and
+    ``learning_rate``. Any of them may be a traced value, so one compiled program can start many."""
     sizes = (inputs, *config.hidden, classes)
     network = init_mlp(init_key, sizes, config.activation, resolve_cost(config.cost).output, jnp.dtype(config.dtype), config.init)
-    rate = config.lr if learning_rate is None else learning_rate
-    return TrainState(network, make_optimizer(config.optimizer, rate, config.schedule).init(network))
+    values = {**numbers(config, UPDATE_NUMBERS), **(update or {})}
+    rate = values["lr"] if learning_rate is None else learning_rate
+    return TrainState(network, make_optimizer(config.optimizer, rate, config.schedule, numbers=values).init(network))
 
 
 def make_step(config: TrainConfig, total_steps: int = 1) -> Callable[..., tuple[TrainState, jax.Array]]:
     """``step(state, images (B, inputs), labels (B,), key=None) -> (state, cost)``: one
     gradient-descent step on the config's objective (cost, ``l2``, ``penalty``, dropout with
     ``key``) with its optimizer; ``total_steps`` is the run's length for a ``schedule``. The
+    rate, ``l2``, the dropout rate and the optimizer's numbers are read from the state. The
     cost returned is the mini-batch's cost before the update."""
-    objective = make_objective(config.cost, config.l2, config.penalty, config.dropout)
-    # The rate given here is a placeholder: inject_hyperparams reads it from the state.
-    optimizer = make_optimizer(config.optimizer, config.lr, config.schedule, total_steps)
+    # The numbers given here are placeholders: inject_hyperparams reads them from the state.
+    optimizer = make_optimizer(config.optimizer, config.lr, config.schedule, total_steps, numbers(config, UPDATE_NUMBERS))
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array | None = None) -> tuple[TrainState, jax.Array]:
+        held = state.opt_state.hyperparams
+        objective = make_objective(config.cost, held["l2"] if config.l2 else 0.0, config.penalty,
+                                   held["dropout"] if config.dropout else 0.0)
         cost, grads = jax.value_and_grad(objective)(state.params, images, labels, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), cost
@@ -149,26 +158,35 @@ def device_images(images: np.ndarray, dtype: str) -> np.ndarray:
 NOISE_STREAM = 0x6E6F6973
 
 
-def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array) -> jax.Array:
-    """The config's augmentation of ``images (B, side*side)``: a fresh distortion per image."""
-    affine = (config.rotation, config.scale, config.shear, config.shift)
+def augment_strengths(config: TrainConfig) -> dict[str, np.ndarray]:
+    """The config's augmentation strengths as the values an epoch takes: ``{name: () dtype}``."""
+    return {name: np.asarray(value, config.dtype) for name, value in numbers(config, AUGMENT_NUMBERS).items()}
+
+
+def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array, strengths: dict | None = None) -> jax.Array:
+    """The config's augmentation of ``images (B, side*side)``: a fresh distortion per image, of
+    ``strengths`` (``AUGMENT_NUMBERS``, possibly traced; default the config's)."""
+    s = numbers(config, AUGMENT_NUMBERS) if strengths is None else strengths
+    affine = (s["rotation"], s["scale"], s["shear"], s["shift"])
     if config.augment == "affine":
         out = transforms.random_affine(key, images, *affine)
     else:
-        out = transforms.augment(key, images, *affine, config.elastic_alpha, config.elastic_sigma)
+        out = transforms.augment(key, images, *affine, s["elastic_alpha"], s["elastic_sigma"])
     return out.astype(images.dtype)
 
 
-def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
-    """``epoch(state, key, images (N, inputs), labels (N,)) -> (state, mean mini-batch cost)``.
+def make_epoch(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``epoch(state, key, images (N, inputs), labels (N,), strengths=None) -> (state, mean
+    mini-batch cost)``.
 
     One ``lax.scan`` over the shuffled mini-batches; the data stays on the device (floats or
     uint8 pixels) and each step gathers its batch by index, converts it to floats and, with
-    ``augment``, distorts it; with ``dropout`` each step gets its own dropout key.
+    ``augment``, distorts it by ``strengths`` (``{"rotation": ..., ...}``, possibly traced;
+    default the config's); with ``dropout`` each step gets its own dropout key.
     """
     noisy = config.augment != "none" or config.dropout > 0
 
-    def epoch(state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array):
+    def epoch(state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array, strengths: dict | None = None):
         images, labels = jnp.asarray(images), jnp.asarray(labels)  # numpy arrays too, outside jit
         order = batch_order(key, images.shape[0], config.batch_size)
         step = make_step(config, total_steps=config.epochs * order.shape[0])
@@ -182,7 +200,7 @@ def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Arra
             if noisy:
                 augment_key, dropout_key = jax.random.split(jax.random.fold_in(noise, number))
             if config.augment != "none":
-                x = augment_batch(config, augment_key, x)
+                x = augment_batch(config, augment_key, x, strengths)
             return step(state, x, labels[batch_indices], dropout_key if config.dropout else None)
 
         state, costs = jax.lax.scan(body, state, (order, jnp.arange(order.shape[0])) if noisy else order)
@@ -192,13 +210,14 @@ def make_epoch(config: TrainConfig) -> Callable[[TrainState, jax.Array, jax.Arra
 
 
 def make_guarded_epoch(config: TrainConfig):
-    """``epoch(state, alive, key, images, labels) -> (state, alive, cost)``: ``make_epoch`` that
-    keeps the last finite state once the cost turns NaN or infinite (``alive`` turns False and
-    stays so). ``train`` runs it as it is; a sweep runs it under ``vmap``."""
+    """``epoch(state, alive, key, images, labels, strengths=None) -> (state, alive, cost)``:
+    ``make_epoch`` that keeps the last finite state once the cost turns NaN or infinite
+    (``alive`` turns False and stays so). ``train`` runs it as it is; a sweep runs it under ``vmap``."""
     epoch_fn = make_epoch(config)
 
-    def guarded(state: TrainState, alive: jax.Array, key: jax.Array, images: jax.Array, labels: jax.Array):
-        new_state, cost = epoch_fn(state, key, images, labels)
+    def guarded(state: TrainState, alive: jax.Array, key: jax.Array, images: jax.Array, labels: jax.Array,
+                strengths: dict | None = None):
+        new_state, cost = epoch_fn(state, key, images, labels, strengths)
         alive = alive & jnp.isfinite(cost)
         state = jax.tree_util.tree_map(lambda new, old: jnp.where(alive, new, old), new_state, state)
         return state, alive, cost
@@ -207,21 +226,28 @@ def make_guarded_epoch(config: TrainConfig):
 
 
 def make_train(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array, jax.Array]]:
-    """``train(seed, learning_rate, images (N, inputs), labels (N,), num_classes) -> (state,
-    alive, costs (epochs,))``: the config's whole run as one pure function, every epoch inside
-    one ``lax.scan``, so it can be ``jit``-ted, ``vmap``-ped over seeds and rates, or
-    differentiated with respect to the learning rate. It starts as ``train`` starts a run
-    (``run_keys``, ``init_state``) and draws the same batches, epoch ``k`` with
-    ``fold_in(shuffle_key, k)``; ``num_classes`` must be a Python int."""
+    """``train(seed, numbers, images (N, inputs), labels (N,), num_classes) -> (state, alive,
+    costs (epochs,))``: the config's whole run as one pure function, every epoch inside one
+    ``lax.scan``, so it can be ``jit``-ted, ``vmap``-ped over seeds and numbers, or
+    differentiated with respect to them. ``numbers`` is the learning rate, or a dict of any of
+    ``UPDATE_NUMBERS`` and ``AUGMENT_NUMBERS`` (``{"lr": 0.1, "l2": 1e-4}``; the rest are the
+    config's). It starts as ``train`` starts a run (``run_keys``, ``init_state``) and draws the
+    same batches, epoch ``k`` with ``fold_in(shuffle_key, k)``; ``num_classes`` is a Python int."""
     guarded = make_guarded_epoch(config)
 
-    def train(seed, learning_rate, images, labels, num_classes: int):
+    def train(seed, numbers_or_rate, images, labels, num_classes: int):
+        given = dict(numbers_or_rate) if isinstance(numbers_or_rate, dict) else {"lr": numbers_or_rate}
+        unknown = sorted(set(given) - set(UPDATE_NUMBERS + AUGMENT_NUMBERS))
+        if unknown:
+            raise ConfigError(f"make_train: {unknown} are not numbers a run takes as values; give any of "
+                              f"{', '.join(UPDATE_NUMBERS + AUGMENT_NUMBERS)}")
+        strengths = {**augment_strengths(config), **{k: v for k, v in given.items() if k in AUGMENT_NUMBERS}}
         init_key, shuffle_key = run_keys(seed)
-        state = init_state(config, init_key, images.shape[1], num_classes, learning_rate)
+        state = init_state(config, init_key, images.shape[1], num_classes, update=given)
 
         def one_epoch(carry, epoch):
             state, alive = carry
-            state, alive, cost = guarded(state, alive, jax.random.fold_in(shuffle_key, epoch), images, labels)
+            state, alive, cost = guarded(state, alive, jax.random.fold_in(shuffle_key, epoch), images, labels, strengths)
             return (state, alive), cost
 
         (state, alive), costs = jax.lax.scan(one_epoch, (state, jnp.asarray(True)), jnp.arange(1, config.epochs + 1))

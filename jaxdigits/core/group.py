@@ -1,13 +1,15 @@
 """Configurations trained together: one compiled program for a group, under ``vmap``.
 
 A group is configurations that compile to the same program (``config.program_key``: everything
-but the learning rate, the seed and the epoch count) and train for as many epochs. Inside a group
-they are laid out as a (seeds, rates) rectangle: an outer ``vmap`` over seeds and an inner one
-over the rates that share a seed. Configurations with the same seed draw the same mini-batches
-(as they would alone), so the inner ``vmap`` gathers each batch once and its first layer becomes
-one wide matrix product ``x @ [W_1 ... W_L]``; on a CPU this is what makes a sweep several times
-faster than training one after another. A block shorter than the longest is filled with copies
-of its first rate, whose results are dropped. The rectangle's configuration axis is sharded over
+but the seed, the epoch count and the numbers a program takes as values) and train for as many
+epochs. Inside a group they are laid out as a (rows, members) rectangle: an outer ``vmap`` over
+rows, each a stream of batches (a seed and the augmentation's strengths), and an inner one over
+the members of a row, which differ in the update's numbers (rate, ``l2``, dropout rate,
+momentum, Adam's betas: held in each member's optimizer state). Members of a row draw the same
+mini-batches (as they would alone), so the inner ``vmap`` gathers and distorts each batch once
+and its first layer becomes one wide matrix product ``x @ [W_1 ... W_L]``; on a CPU this is what
+makes a sweep several times faster than training one after another. A row shorter than the
+longest is filled with copies of its first member, whose results are dropped. The rectangle's configuration axis is sharded over
 a 1-D ``Mesh`` (axis ``"configs"``); the axis that needs less padding is the sharded one.
 
 A member's numbers equal those of a run alone up to float rounding (a vmapped matrix product
@@ -25,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdigits.core.config import TrainConfig, program_key
+from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS, TrainConfig, numbers, program_key
 from jaxdigits.core.dataset import Dataset
-from jaxdigits.core.epoch import init_state, make_guarded_epoch, run_keys
+from jaxdigits.core.epoch import augment_strengths, init_state, make_guarded_epoch, run_keys
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.metrics import EVAL_CHUNK, make_score
 
@@ -40,8 +42,8 @@ def group_configs(configs: Sequence[TrainConfig],
 
     A group holds configurations with the same ``program_key`` and epoch count, at most
     ``max_group_size`` of them (``None``: no limit; a function: its value for the group's first
-    configuration, e.g. ``auto_group_size``'s), ordered by seed so that a split keeps seeds
-    together.
+    configuration, e.g. ``auto_group_size``'s), ordered by row (``row_key``: seed and
+    augmentation strengths) so that a split keeps rows together.
     """
     limit = max_group_size if callable(max_group_size) else (lambda config: max_group_size)
     by_program: dict[tuple, list[TrainConfig]] = {}
@@ -52,74 +54,80 @@ def group_configs(configs: Sequence[TrainConfig],
         size = limit(members[0])
         if size is not None and size < 1:
             raise ConfigError(f"group size must be at least 1, got {size}")
-        seed_order = {seed: i for i, seed in enumerate(dict.fromkeys(c.seed for c in members))}
-        members = sorted(members, key=lambda c: seed_order[c.seed])  # stable: rate order kept
+        row_order = {key: i for i, key in enumerate(dict.fromkeys(row_key(c) for c in members))}
+        members = sorted(members, key=lambda c: row_order[row_key(c)])  # stable: member order kept
         size = size or len(members)
         groups.extend(members[i : i + size] for i in range(0, len(members), size))
     return groups
 
 
-class GroupLayout(NamedTuple):
-    """How a group's configurations sit in its (seeds, rates) rectangle.
+def row_key(config: TrainConfig) -> tuple:
+    """What a row's members share: the seed (their batches) and the augmentation's strengths."""
+    return (config.seed, *(numbers(config, AUGMENT_NUMBERS).values() if config.augment != "none" else ()))
 
-    ``seeds (S,) int64``, ``learning_rates (S, L) float32`` and ``index (S, L) int``: the
-    position of each cell's configuration in the group, ``-1`` for a filler cell. ``shard_axis``
-    is the rectangle axis split over the devices (0 seeds, 1 rates).
+
+class GroupLayout(NamedTuple):
+    """How a group's configurations sit in its (rows, members) rectangle.
+
+    ``seeds (S,) int64``: each row's seed; ``members (S, L) int``: the configuration each cell
+    starts as (a filler cell copies a real one); ``index (S, L) int``: the cell's position in the
+    group, ``-1`` for a filler cell. ``shard_axis`` is the rectangle axis split over the devices
+    (0 rows, 1 members).
     """
 
     seeds: np.ndarray
-    learning_rates: np.ndarray
+    members: np.ndarray
     index: np.ndarray
     shard_axis: int
 
 
 def plan_layout(configs: Sequence[TrainConfig], num_devices: int = 1) -> GroupLayout:
     """The rectangle for a group, padded so that its sharded axis divides ``num_devices``."""
-    blocks: dict[int, list[int]] = {}
+    blocks: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
-        blocks.setdefault(config.seed, []).append(i)
+        blocks.setdefault(row_key(config), []).append(i)
     rows, cols = len(blocks), max(len(b) for b in blocks.values())
     pad = lambda n: -(-n // num_devices) * num_devices  # noqa: E731
     shard_axis = 0 if pad(rows) * cols <= rows * pad(cols) else 1
     rows_total, cols_total = (pad(rows), cols) if shard_axis == 0 else (rows, pad(cols))
     block_list = list(blocks.values())
-    seeds = np.zeros(rows_total, np.int64)  # seeds go up to 2**32 - 1
-    rates = np.zeros((rows_total, cols_total), np.float32)
+    members = np.zeros((rows_total, cols_total), np.int64)
     index = np.full((rows_total, cols_total), -1, np.int64)
     for r in range(rows_total):
-        block = block_list[r] if r < rows else block_list[0]  # filler rows copy the first block
-        seeds[r] = configs[block[0]].seed
+        block = block_list[r] if r < rows else block_list[0]  # filler rows copy the first row
         for c in range(cols_total):
-            member = block[c] if c < len(block) else block[0]  # filler cells copy the first rate
-            rates[r, c] = configs[member].lr
+            members[r, c] = block[c] if c < len(block) else block[0]  # filler cells copy the row's first
             if r < rows and c < len(block):
-                index[r, c] = member
-    return GroupLayout(seeds, rates, index, shard_axis)
+                index[r, c] = block[c]
+    seeds = np.array([configs[m].seed for m in members[:, 0]], np.int64)  # seeds go up to 2**32 - 1
+    return GroupLayout(seeds, members, index, shard_axis)
 
 
-def init_rectangle(program: TrainConfig, layout: GroupLayout, sizes: tuple[int, int], cells: NamedSharding, rows: NamedSharding):
-    """``(states (S, L, ...), shuffle_keys (S, 2))``: each member started exactly as ``train``
-    starts it (``run_keys``, then ``init_state`` with its rate), stacked and sharded."""
+def init_rectangle(configs: Sequence[TrainConfig], layout: GroupLayout, sizes: tuple[int, int], cells: NamedSharding,
+                   rows: NamedSharding):
+    """``(states (S, L, ...), shuffle_keys (S, 2), strengths {name: (S,)})``: each member started
+    exactly as ``train`` starts it (``run_keys``, then ``init_state`` with its numbers), and each
+    row's augmentation strengths, stacked and sharded."""
     keys = {int(seed): run_keys(int(seed)) for seed in dict.fromkeys(layout.seeds.tolist())}
-    states = [
-        init_state(program, keys[int(seed)][0], *sizes, learning_rate=float(rate))
-        for seed, row in zip(layout.seeds, layout.learning_rates)
-        for rate in row
-    ]
-    shape = layout.learning_rates.shape
+    program = program_key(configs[0])
+    states = [init_state(program, keys[int(layout.seeds[r])][0], *sizes, update=numbers(configs[m], UPDATE_NUMBERS))
+              for (r, _), m in np.ndenumerate(layout.members)]
+    shape = layout.members.shape
 
     def stack(*leaves):
         return put_global(np.stack([np.asarray(leaf) for leaf in leaves]).reshape(shape + np.shape(leaves[0])), cells)
 
     shuffle_keys = np.stack([np.asarray(keys[int(seed)][1]) for seed in layout.seeds])
-    return jax.tree_util.tree_map(stack, *states), put_global(shuffle_keys, rows)
+    row_strengths = [augment_strengths(configs[m]) for m in layout.members[:, 0]]
+    strengths = {name: put_global(np.stack([s[name] for s in row_strengths]), rows) for name in AUGMENT_NUMBERS}
+    return jax.tree_util.tree_map(stack, *states), put_global(shuffle_keys, rows), strengths
 
 
-def over_rectangle(fn: Callable, seed_args: tuple, rate_args: tuple) -> Callable:
-    """``vmap`` over seeds (outer) of ``vmap`` over the rates of a seed (inner); ``*_args``
+def over_rectangle(fn: Callable, row_args: tuple, member_args: tuple) -> Callable:
+    """``vmap`` over rows (outer) of ``vmap`` over the members of a row (inner); ``*_args``
     give each argument's role: True = has that axis, False = shared."""
-    inner = jax.vmap(fn, in_axes=tuple(0 if a else None for a in rate_args))
-    return jax.vmap(inner, in_axes=tuple(0 if a else None for a in seed_args))
+    inner = jax.vmap(fn, in_axes=tuple(0 if a else None for a in member_args))
+    return jax.vmap(inner, in_axes=tuple(0 if a else None for a in row_args))
 
 
 def epoch_keys(shuffle_keys: jax.Array, epoch_number: jax.Array) -> jax.Array:
@@ -131,13 +139,15 @@ def epoch_keys(shuffle_keys: jax.Array, epoch_number: jax.Array) -> jax.Array:
 
 
 def group_epoch(program: TrainConfig) -> Callable:
-    """``epoch(states, alive, shuffle_keys, epoch_number, images, labels)``: ``train``'s guarded
-    epoch for every member of a (seeds, rates) rectangle, each with its own key, rate and
-    ``alive`` flag (a diverged member keeps its last finite state)."""
-    guarded = over_rectangle(make_guarded_epoch(program), (True, True, True, False, False), (True, True, False, False, False))
+    """``epoch(states, alive, shuffle_keys, epoch_number, images, labels, strengths)``:
+    ``train``'s guarded epoch for every member of a (rows, members) rectangle, each with its own
+    key, numbers and ``alive`` flag (a diverged member keeps its last finite state); ``strengths``
+    holds each row's augmentation strengths, ``{name: (S,)}``."""
+    guarded = over_rectangle(make_guarded_epoch(program), (True, True, True, False, False, True),
+                             (True, True, False, False, False, False))
 
-    def epoch(states, alive, shuffle_keys, epoch_number, images, labels):
-        return guarded(states, alive, epoch_keys(shuffle_keys, epoch_number), images, labels)
+    def epoch(states, alive, shuffle_keys, epoch_number, images, labels, strengths):
+        return guarded(states, alive, epoch_keys(shuffle_keys, epoch_number), images, labels, strengths)
 
     return epoch
 
@@ -152,18 +162,20 @@ def exact_group_epoch(mesh: Mesh, cells: PartitionSpec) -> Callable[[TrainConfig
     def build(program: TrainConfig) -> Callable:
         guarded = make_guarded_epoch(program)
 
-        def members(states, alive, keys, images, labels):
+        def members(states, alive, keys, images, labels, strengths):
             s, l = alive.shape
             flat = lambda x: x.reshape((s * l,) + x.shape[2:])  # noqa: E731
-            out = jax.lax.map(lambda m: guarded(m[0], m[1], m[2], images, labels),
-                              (jax.tree_util.tree_map(flat, states), flat(alive), jnp.repeat(keys, l, axis=0)))
+            per_row = lambda x: jnp.repeat(x, l, axis=0)  # noqa: E731
+            out = jax.lax.map(lambda m: guarded(m[0], m[1], m[2], images, labels, m[3]),
+                              (jax.tree_util.tree_map(flat, states), flat(alive), per_row(keys),
+                               jax.tree_util.tree_map(per_row, strengths)))
             return jax.tree_util.tree_map(lambda x: x.reshape((s, l) + x.shape[1:]), out)
 
-        def epoch(states, alive, shuffle_keys, epoch_number, images, labels):
-            keys = epoch_keys(shuffle_keys, epoch_number)
-            run = jax.shard_map(members, mesh=mesh, in_specs=(cells, cells, PartitionSpec(cells[0]), PartitionSpec(), PartitionSpec()),
+        def epoch(states, alive, shuffle_keys, epoch_number, images, labels, strengths):
+            keys, row = epoch_keys(shuffle_keys, epoch_number), PartitionSpec(cells[0])
+            run = jax.shard_map(members, mesh=mesh, in_specs=(cells, cells, row, PartitionSpec(), PartitionSpec(), row),
                                 out_specs=(cells, cells, cells))
-            return run(states, alive, keys, images, labels)
+            return run(states, alive, keys, images, labels, strengths)
 
         return epoch
 
@@ -194,7 +206,7 @@ def fetch_global(array: jax.Array) -> np.ndarray:
 def member_bytes(config: TrainConfig, inputs: int, classes: int) -> tuple[int, int]:
     """``(state, activations)``: bytes of one configuration's training state (params and
     optimizer state) and of its activations on one mini-batch (values and their gradients)."""
-    state = jax.eval_shape(lambda: init_state(config, jax.random.PRNGKey(0), inputs, classes, learning_rate=jnp.float32(1.0)))
+    state = jax.eval_shape(lambda: init_state(config, jax.random.PRNGKey(0), inputs, classes))
     state_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
     units = sum(config.hidden) + classes
     return state_bytes, 2 * config.batch_size * units * jnp.dtype(config.dtype).itemsize

@@ -193,13 +193,14 @@ def forward(network: Network, images: jax.Array) -> jax.Array:
 
 
 def _forward(network: Network, images: jax.Array, dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
-    """``z``; with ``dropout`` and a ``key`` (training only), each hidden activation is zeroed
-    with probability ``dropout`` and the rest scaled by ``1 / (1 - dropout)``."""
+    """``z``; with ``dropout`` (a number, possibly traced) and a ``key`` (training only), each
+    hidden activation is zeroed with probability ``dropout`` and the rest scaled by ``1 / (1 - dropout)``."""
     act = ACTIVATIONS[network.activation]
     a = images
+    dropping = key is not None and not (isinstance(dropout, (int, float)) and dropout == 0)
     for number, layer in enumerate(network.layers[:-1]):
         a = act(a @ layer["w"] + layer["b"])
-        if dropout and key is not None:
+        if dropping:
             keep = jax.random.bernoulli(jax.random.fold_in(key, number), 1.0 - dropout, a.shape)
             a = jnp.where(keep, a / (1.0 - dropout), 0.0)
     return a @ network.layers[-1]["w"] + network.layers[-1]["b"]

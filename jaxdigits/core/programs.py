@@ -2,7 +2,7 @@
 
 A program is keyed by its builder, ``config.program_key`` (your own cost, optimizer and penalty
 as the objects they are, never by name) and its arguments' shapes, dtypes and shardings, so runs
-that differ only in learning rate, seed or epochs share one compilation and a redefined cost
+that differ only in their numbers (seed, epochs, rate, l2, ...) share one compilation and a redefined cost
 gets its own.
 """
 
@@ -23,7 +23,7 @@ def compiled(build: Callable[[TrainConfig], Callable], config: TrainConfig, *arg
 
     Compiled once per process and program: the key is ``build``, ``program_key(config)`` (your
     own cost, optimizer and penalty as the objects they are) and the arguments' specs, so runs
-    that differ only in learning rate, seed or epochs reuse it, and a redefined cost does not.
+    that differ only in their numbers (seed, epochs, rate, l2, ...) reuse it, and a redefined cost does not.
     """
     leaves, treedef = jax.tree_util.tree_flatten(args)
     specs = tuple(

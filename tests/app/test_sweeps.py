@@ -331,3 +331,31 @@ def test_a_sweep_keeps_its_best_network_or_all_of_them_as_run_folders(tmp_path):
     assert sorted(every.networks) == sorted(r["id"] for r in every.records)
     with pytest.raises(ConfigError, match="keep 'some' is not one of"):
         jd.sweep(data=DATA, keep="some", **grid)
+
+
+def test_a_sweep_over_l2_dropout_momentum_and_rotation_is_one_program_whose_members_equal_train():
+    grid = dict(hidden=[(8,)], optimizer=["momentum"], lr=[0.3], l2=[1e-4, 3e-2], dropout=[0.1, 0.5], momentum=[0.5, 0.9],
+                augment=["affine"], rotation=[0.0, 20.0], epochs=2)
+    result = jd.sweep(data=DATA, exact=True, **grid)
+    assert len(result.records) == 16 and {r["group_size"] for r in result.records} == {16}
+    curves = set()
+    for record in result.records[::5]:
+        config = jd.TrainConfig(**{k: record[k] for k in ("optimizer", "lr", "l2", "dropout", "momentum", "augment",
+                                                         "rotation", "epochs")}, hidden=(8,))
+        alone = jd.train(config, DATA)
+        assert record["train_cost_curve"] == alone.record["train_cost_curve"]
+        assert record["test_accuracy_curve"] == alone.record["test_accuracy_curve"]
+        curves.add(tuple(record["train_cost_curve"]))
+    assert len(curves) == 4  # each member trained with its own numbers, not the program's stand-ins
+
+
+def test_an_optax_factory_that_needs_its_rate_as_a_number_trains_in_train_and_sweep():
+    import optax
+
+    warm = lambda lr: optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, 5, 50))  # noqa: E731
+    result = jd.sweep(data=DATA, hidden=[(8,)], optimizer=[warm], lr=[1e-2, 3e-2], cost=["cross_entropy"], epochs=2)
+    assert {r["group_size"] for r in result.records} == {1}  # one program per rate
+    for record in result.records:
+        alone = jd.train(jd.TrainConfig(hidden=(8,), optimizer=warm, lr=record["lr"], cost="cross_entropy", epochs=2), DATA)
+        assert alone.record["train_cost"] == pytest.approx(record["train_cost"], rel=1e-6)
+    assert len({r["train_cost"] for r in result.records}) == 2

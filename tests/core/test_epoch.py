@@ -123,7 +123,9 @@ def test_momentum_and_adam_steps_are_optax_steps():
 
     data = synthetic_dataset(30, 5)
     x, y = jnp.asarray(data.train_images[:10]), jnp.asarray(data.train_labels[:10])
-    for name, reference in (("momentum", optax.sgd(0.1, momentum=0.9)), ("adam", optax.adam(0.1))):
+    # The betas are float32 values in the optimizer state (traced), so 1 - b2 is float32's.
+    for name, reference in (("momentum", optax.sgd(0.1, momentum=0.9)),
+                            ("adam", optax.adam(0.1, b1=jnp.float32(0.9), b2=jnp.float32(0.999)))):
         config = jd.TrainConfig(hidden=(8,), optimizer=name, lr=0.1)
         state = jd.init_state(config, jax.random.PRNGKey(0), 784, 10)
         params, opt = state.params, reference.init(state.params)
@@ -163,3 +165,21 @@ def test_a_cost_without_a_dropout_key_is_the_cost_without_dropout():
     assert float(jd.make_objective("quadratic", dropout=0.5)(network, x, y)) == float(jd.make_objective("quadratic")(network, x, y))
     assert float(jd.make_objective("quadratic", dropout=0.5)(network, x, y, jax.random.PRNGKey(1))) != float(
         jd.make_objective("quadratic")(network, x, y))
+
+
+def test_the_gradient_of_a_whole_run_with_respect_to_l2_and_dropout_matches_finite_differences():
+    data = synthetic_dataset(40, 4)
+    config = jd.TrainConfig(hidden=(6,), lr=0.5, l2=1e-2, dropout=0.2, epochs=2, batch_size=10, cost="cross_entropy")
+    run = jd.make_train(config)
+    images, labels = jnp.asarray(data.train_images, jnp.float32), jnp.asarray(data.train_labels)
+
+    def final_cost(l2):
+        state, _, _ = run(0, {"lr": 0.5, "l2": l2}, images, labels, 10)
+        return jd.make_objective("cross_entropy")(state.params, images, labels)
+
+    grad = jax.grad(final_cost)(jnp.float32(1e-2))
+    h = 1e-3
+    fd = (final_cost(jnp.float32(1e-2 + h)) - final_cost(jnp.float32(1e-2 - h))) / (2 * h)
+    assert grad != 0 and float(grad) == pytest.approx(float(fd), rel=2e-2)
+    with pytest.raises(jd.ConfigError, match="not numbers a run takes"):
+        run(0, {"lr": 0.5, "hidden": 3}, images, labels, 10)
