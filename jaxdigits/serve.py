@@ -13,15 +13,18 @@
                                    label and the same fields as /api/predict
 
 Every answer comes from one jit-compiled forward pass that returns all layer activations. The
-server answers only these paths and its own static files; bodies over ``MAX_BODY`` bytes get 413,
-bad JSON or shapes 400, and no request can stop it or print a traceback.
+server answers only these paths and its own static files, and only to requests whose ``Host``
+names it (``host_names``; another name gets 421, against DNS rebinding); bodies over ``MAX_BODY``
+bytes get 413, bad JSON or shapes 400, and no request can stop it or print a traceback.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import posixpath
+import re
 import socket
 import sys
 import threading
@@ -43,6 +46,8 @@ MIN_SIDE = 8
 MAX_PIXELS = 512 * 512
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[0-9a-z._-]+)(?::([0-9]{1,5}))?")  # name[:port], lower case
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -170,6 +175,32 @@ def load_model(checkpoint, data_dir=None) -> Model:
     return Model(run.network, run.info, run.data, run.note)
 
 
+def host_names(host: str, address: str) -> frozenset[str]:
+    """The names (lower case, IPv6 in brackets) a ``Host`` header may give for a server asked to
+    listen on ``host`` and bound to ``address``: those two; ``localhost`` and the loopback addresses
+    when it is a loopback address; on every interface (0.0.0.0, ::) also this machine's names.
+    No name someone else's DNS controls is among them, so a rebound name is refused."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    names = {_bracketed(host.lower().rstrip(".")), _bracketed(str(ip))}
+    if ip.is_loopback or ip.is_unspecified:
+        names |= LOOPBACK_NAMES
+    if ip.is_unspecified:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(names)
+
+
+def _bracketed(name: str) -> str:
+    return f"[{name}]" if ":" in name and not name.startswith("[") else name
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+    except ValueError:
+        return False
+    return True
+
+
 def static_files(folder: Path = STATIC_DIR) -> dict[str, tuple[bytes, str]]:
     """``{"/static/app.js": (bytes, content type), ...}``: the only files the server sends."""
     files = {}
@@ -202,6 +233,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, route, head: bool = False):
         try:
+            self._check_host()
             if self.server.model is None:
                 raise BadRequest(503, "the network is still loading")
             status, body, content_type = route()
@@ -223,6 +255,16 @@ class Handler(BaseHTTPRequestHandler):
         if not head:
             self._headers_buffer.append(body)
         self.flush_headers()  # one write for headers and body
+
+    def _check_host(self) -> None:
+        """Refuse a request whose ``Host`` is not this server (421; 400 when HTTP/1.1 gives none or several)."""
+        hosts = self.headers.get_all("Host") or []
+        if not hosts and self.request_version == "HTTP/1.0":
+            return  # HTTP/1.0 has no Host header, and no browser sends a request without one
+        if len(hosts) != 1:
+            raise BadRequest(400, f"an HTTP/1.1 request needs one Host header, got {len(hosts)}")
+        if not self.server.answers_to(hosts[0]):
+            raise BadRequest(421, f"Host {hosts[0]!r:.60} is not this server's address; open {self.server.url}")
 
     def _path(self) -> tuple[str, dict]:
         parts = urlsplit(self.path)
@@ -298,12 +340,23 @@ class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address, model: Model | None = None):
+    def __init__(self, address, model: Model | None = None, host: str | None = None):
         self.files = static_files()
         self.model = self.network_json = None
         super().__init__(address, Handler)
+        self.host_names = host_names(host or self.server_address[0], self.server_address[0])
         if model is not None:
             self.attach(model)
+
+    def answers_to(self, header: str) -> bool:
+        """Whether a ``Host`` header (``name[:port]``) names this server: one of ``host_names``
+        (on every interface, also any IP address) and its port (80 when none is given)."""
+        match = HOST_HEADER.fullmatch(header.strip().lower())
+        if match is None or int(match[2] or 80) != self.server_address[1]:
+            return False
+        name = match[1].rstrip(".")
+        return name in self.host_names or (ipaddress.ip_address(self.server_address[0]).is_unspecified
+                                           and _is_ip_address(name))
 
     def attach(self, model: Model) -> None:
         """Answer with ``model`` (the server may bind first, so that a taken port fails fast)."""
@@ -331,7 +384,7 @@ def make_server(model: Model | None, host: str = "127.0.0.1", port: int = 8000) 
     family = infos[0][0]
     server_class = type("DigitServer6", (DigitServer,), {"address_family": socket.AF_INET6}) if family == socket.AF_INET6 else DigitServer
     try:
-        return server_class(infos[0][4][:2], model)
+        return server_class(infos[0][4][:2], model, host)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(f"port {port} on {host} is already taken; pick another with --port") from None

@@ -67,6 +67,11 @@ def request(server, method, path, body=None, headers=None):
         connection.close()
 
 
+def http_request(server, start: str, *headers: str, body: bytes = b"") -> bytes:
+    """A request as bytes: ``start`` (``"GET / HTTP/1.1"``), a Host naming this server, ``headers``, ``body``."""
+    return "\r\n".join([start, "Host: {}:{}".format(*server.server_address[:2]), *headers, "", ""]).encode() + body
+
+
 def raw(server, data: bytes, half_close: bool = False) -> bytes:
     """Send bytes as they are (no client-side normalisation) and return the whole answer."""
     with socket.create_connection(server.server_address[:2], timeout=10) as sock:
@@ -126,7 +131,7 @@ def test_bad_requests_are_refused_and_the_server_stays_up(server, mnist):
     good = predict_body(a_canvas(mnist))
     assert request(server, "POST", "/api/predict", good)[0] == 200
 
-    too_big = raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{" % (MAX_BODY + 1))
+    too_big = raw(server, http_request(server, "POST /api/predict HTTP/1.1", f"Content-Length: {MAX_BODY + 1}", body=b"{"))
     assert too_big.startswith(b"HTTP/1.1 413")
     malformed = [b"{bad", b"", b"[1, 2]", b'"text"', b"\xff\xfe", b"[" * 100000,
                  json.dumps({"pixels": [0] * 64, "width": 8}).encode(),
@@ -150,21 +155,61 @@ def test_bad_requests_are_refused_and_the_server_stays_up(server, mnist):
                  "/static/..%2f..%2fetc%2fpasswd", "/static/%252e%252e/etc/passwd", "/static/./app.js",
                  "/static//app.js", "/static/..\\..\\etc\\passwd", "/static/app.js%00.png", "/static/",
                  "/static", "/../jaxdigits/serve.py", "/serve.py", "/static/%ff", "/etc/passwd"):
-        answer = raw(server, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = raw(server, http_request(server, f"GET {path} HTTP/1.1", "Connection: close"))
         assert answer.startswith((b"HTTP/1.1 404", b"HTTP/1.1 403")), path
         assert b"root:" not in answer
-    assert raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pix",
+    assert raw(server, http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 100", body=b'{"pix'),
                half_close=True).startswith(b"HTTP/1.1 400")
-    assert raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n").startswith(b"HTTP/1.1 400")
-    assert raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 411")
+    assert raw(server, http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: -5")).startswith(b"HTTP/1.1 400")
+    assert raw(server, http_request(server, "POST /api/predict HTTP/1.1")).startswith(b"HTTP/1.1 411")
     for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1 extra\r\n\r\n", b"\x00\xff\r\n\r\n"):
         assert b"400" in raw(server, garbage, half_close=True)  # the standard library's error page
-    assert raw(server, b"DELETE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 501")
+    assert raw(server, http_request(server, "DELETE / HTTP/1.1", "Connection: close")).startswith(b"HTTP/1.1 501")
     assert request(server, "GET", "/api/example?kind=worst")[0] == 400
-    raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n", half_close=True)
+    raw(server, http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 50"), half_close=True)
 
     status, body, _ = request(server, "POST", "/api/predict", good)
     assert status == 200 and json.loads(body)["digit"] in range(10)
+
+
+def status_for_host(server, host) -> tuple[int, str]:
+    """The status and error of GET /api/network sent with ``Host: host``."""
+    status, body, _ = request(server, "GET", "/api/network", headers={"Host": host})
+    return status, json.loads(body).get("error", "") if status != 200 else ""
+
+
+def test_a_host_header_naming_another_server_is_refused(server):
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 must not read the API."""
+    port = server.server_address[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}"):
+        assert status_for_host(server, host) == (200, ""), host
+    for host in (f"evil.example:{port}", "evil.example", f"localhost.evil.example:{port}", f"127.0.0.1:{port + 1}",
+                 "127.0.0.1", f"127.0.0.1:{port}@evil.example", f"192.0.2.7:{port}", " ", "x" * 5000):
+        status, error = status_for_host(server, host)
+        assert status == 421 and error.endswith(f"open {server.url}") and len(error) < 200, (host, status, error)
+    missing = raw(server, b"GET /api/network HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert missing.startswith(b"HTTP/1.1 400") and b"Host header" in missing
+    assert raw(server, b"GET /api/network HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")  # HTTP/1.0 needs no Host
+    twice = raw(server, http_request(server, "GET /api/network HTTP/1.1", "Host: evil.example", "Connection: close"))
+    assert twice.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize("bound, good, bad", [
+    ("127.0.0.2", ["127.0.0.2", "localhost"], ["evil.example", "127.0.0.1.nip.io"]),
+    ("0.0.0.0", ["192.0.2.7", "127.0.0.1", "localhost", "[::1]"], ["evil.example", "0.0.0.0.evil.example"]),
+])
+def test_a_server_bound_elsewhere_answers_to_its_own_address(server, bound, good, bad):
+    """On a given address the server answers to that address (and, on every interface, to any IP
+    address and this machine's names); any other name is refused."""
+    other = make_server(server.model, bound, 0)
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        port = other.server_address[1]
+        assert all(status_for_host(other, f"{name}:{port}")[0] == 200 for name in good)
+        assert all(status_for_host(other, f"{name}:{port}")[0] == 421 for name in bad)
+    finally:
+        other.shutdown()
+        other.server_close()
 
 
 def test_concurrent_requests_get_their_own_answers(server, mnist):
