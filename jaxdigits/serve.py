@@ -23,9 +23,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import os
 import posixpath
 import re
 import socket
+import stat
 import sys
 import threading
 import time
@@ -201,14 +203,39 @@ def _is_ip_address(name: str) -> bool:
     return True
 
 
-def static_files(folder: Path = STATIC_DIR) -> dict[str, tuple[bytes, str]]:
-    """``{"/static/app.js": (bytes, content type), ...}``: the only files the server sends."""
+def static_files(folder: Path | None = None) -> dict[str, tuple[bytes, str]]:
+    """``{"/static/app.js": (bytes, content type), ...}``: the only files the server sends, read
+    once: the regular files with a known suffix directly in ``folder`` (default ``STATIC_DIR``).
+    A symlink there is never followed, wherever it leads; folders, pipes and devices are skipped."""
+    folder = Path(STATIC_DIR if folder is None else folder).resolve()
     files = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix in CONTENT_TYPES:
-            files[f"/static/{path.name}"] = (path.read_bytes(), CONTENT_TYPES[path.suffix])
+    for name in sorted(os.listdir(folder)):
+        suffix = Path(name).suffix
+        if suffix in CONTENT_TYPES and (data := _read_regular(folder / name)) is not None:
+            files[f"/static/{name}"] = (data, CONTENT_TYPES[suffix])
+    if "/static/index.html" not in files:
+        raise ConfigError(f"{folder}: no index.html (a regular file, not a link) to serve; reinstall jaxdigits")
     files["/"] = files["/static/index.html"]
     return files
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of ``path`` when it is itself a regular file, else ``None``: ``lstat`` (which
+    sees a symlink as one), then opened with ``O_NOFOLLOW`` and without blocking, and the open
+    descriptor must be that same regular file (nothing swapped in between)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        seen = os.lstat(path)
+        if not stat.S_ISREG(seen.st_mode):
+            return None
+        descriptor = os.open(path, flags)
+    except OSError:
+        return None  # a symlink swapped in (ELOOP), or gone
+    with open(descriptor, "rb") as file:
+        opened = os.fstat(descriptor)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+            return None
+        return file.read()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -341,7 +368,7 @@ class DigitServer(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(self, address, model: Model | None = None, host: str | None = None):
-        self.files = static_files()
+        self.files = static_files(STATIC_DIR)
         self.model = self.network_json = None
         super().__init__(address, Handler)
         self.host_names = host_names(host or self.server_address[0], self.server_address[0])

@@ -26,7 +26,9 @@ import jaxdigits
 from jaxdigits.data import DATA_DIR_ENV
 from jaxdigits.images import load_digit_image
 from jaxdigits.core.model import layer_activations
-from jaxdigits.serve import MAX_BODY, Model, load_model, make_server
+from jaxdigits import serve as serve_module
+from jaxdigits.core.errors import ConfigError
+from jaxdigits.serve import MAX_BODY, Model, load_model, make_server, static_files
 
 REQUIRE_BROWSER_ENV = "JAXDIGITS_REQUIRE_BROWSER"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -210,6 +212,38 @@ def test_a_server_bound_elsewhere_answers_to_its_own_address(server, bound, good
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_only_regular_files_inside_the_static_folder_are_served(server, tmp_path, monkeypatch):
+    """A symlink in the static folder is not followed, whether it leads out of the folder or not."""
+    outside = tmp_path / "secret.js"
+    outside.write_text("let secret = 'root:x:0:0'")
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "index.html").write_text("<p>page</p>")
+    (static / "app.js").write_text("let page = 1")
+    (static / "secret.js").symlink_to(outside)
+    (static / "copy.css").symlink_to(static / "app.js")
+    (static / "folder.js").symlink_to(tmp_path)
+    (static / "dangling.svg").symlink_to(tmp_path / "nothing")
+    os.mkfifo(static / "pipe.png")
+    assert sorted(static_files(static)) == ["/", "/static/app.js", "/static/index.html"]
+
+    monkeypatch.setattr(serve_module, "STATIC_DIR", static)
+    other = start(server.model)
+    try:
+        assert request(other, "GET", "/static/app.js")[:2] == (200, b"let page = 1")
+        for name in ("secret.js", "copy.css", "folder.js", "dangling.svg", "pipe.png"):
+            status, body, _ = request(other, "GET", f"/static/{name}")
+            assert status == 404 and b"secret" not in body, name
+    finally:
+        other.shutdown()
+        other.server_close()
+
+    (static / "index.html").unlink()
+    (static / "index.html").symlink_to(outside)
+    with pytest.raises(ConfigError, match="no index.html"):
+        static_files(static)
 
 
 def test_concurrent_requests_get_their_own_answers(server, mnist):
