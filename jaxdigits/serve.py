@@ -263,12 +263,16 @@ class Handler(BaseHTTPRequestHandler):
             self._check_host()
             if self.server.model is None:
                 raise BadRequest(503, "the network is still loading")
-            status, body, content_type = route()
+            status, body, content_type = route(self._body())
         except BadRequest as exc:
             status, body, content_type = exc.status, _json({"error": str(exc)}), "application/json"
         except Exception as exc:  # noqa: BLE001 - the server must stay up and print no traceback
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             status, body, content_type = 500, _json({"error": message}), "application/json"
+        self._send(status, body, content_type, head)
+
+    def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
+        """The answer, headers and body in one write; an error closes the connection."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -294,8 +298,12 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(421, f"Host {hosts[0]!r:.60} is not this server's address; open {self.server.url}")
 
     def _path(self) -> tuple[str, dict]:
+        """The normalised path and the query; 404 for a path that is not UTF-8 or leaves the files."""
         parts = urlsplit(self.path)
-        path = unquote(parts.path, errors="strict")
+        try:
+            path = unquote(parts.path, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest(404, "not found") from None
         if "\x00" in path or "\\" in path or not path.startswith("/"):
             raise BadRequest(404, "not found")
         normal = posixpath.normpath(path)
@@ -303,11 +311,32 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(404, "not found")  # '..', '.', '//' segments: no path escapes the files
         return normal, parse_qs(parts.query)
 
-    def _get(self):
-        try:
-            path, query = self._path()
-        except UnicodeDecodeError:
-            raise BadRequest(404, "not found") from None
+    def _body(self) -> bytes | None:
+        """The request's body (``None`` without a Content-Length), read whole for every method and
+        dropped by a GET or HEAD: a body is never taken for the next request on the connection."""
+        if self.headers.get_all("Transfer-Encoding"):
+            raise BadRequest(411, "send the body with a Content-Length, not chunked")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return None
+        if len(lengths) > 1 or not re.fullmatch(r"[0-9]{1,16}", lengths[0].strip()):
+            raise BadRequest(400, f"Content-Length must be one whole number of bytes, got {', '.join(lengths)!r:.60}")
+        length = int(lengths[0])
+        if length > MAX_BODY:
+            raise BadRequest(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
+        return self._read_exactly(length)
+
+    def _read_exactly(self, length: int) -> bytes:
+        body = bytearray()
+        while len(body) < length:
+            chunk = self.rfile.read1(length - len(body))
+            if not chunk:
+                raise BadRequest(400, f"the body ended after {len(body)} of the {length} bytes its Content-Length announced")
+            body += chunk
+        return bytes(body)
+
+    def _get(self, body: bytes | None):
+        path, query = self._path()
         if path in self.server.files:
             body, content_type = self.server.files[path]
             return 200, body, content_type
@@ -320,39 +349,18 @@ class Handler(BaseHTTPRequestHandler):
             return 200, _json(self.server.model.example(kind)), "application/json"
         raise BadRequest(404, "not found")
 
-    def _post(self):
+    def _post(self, body: bytes | None):
         path, _ = self._path()
         if path != "/api/predict":
-            self._discard_body()
             raise BadRequest(404 if path != "/api/network" else 405, "not found" if path != "/api/network" else "use GET")
-        if self.headers.get("Transfer-Encoding"):
-            raise BadRequest(411, "send the body with a Content-Length, not chunked")
-        length = self.headers.get("Content-Length")
-        try:
-            length = int(length)
-        except (TypeError, ValueError):
-            raise BadRequest(411, "a Content-Length header is needed") from None
-        if length < 0:
-            raise BadRequest(400, "a negative Content-Length")
-        if length > MAX_BODY:
-            raise BadRequest(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise BadRequest(400, "the body ended early")
+        if body is None:
+            raise BadRequest(411, "a Content-Length header is needed")
         grey = parse_pixels(body)
         try:
             image = frame_grey(grey)
         except DataError:
             return 200, _json({"blank": True}), "application/json"
         return 200, _json(self.server.model.answer(image)), "application/json"
-
-    def _discard_body(self):
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        if 0 < length <= MAX_BODY:
-            self.rfile.read(length)
 
 
 def _json(value) -> bytes:

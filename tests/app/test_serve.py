@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +165,7 @@ def test_bad_requests_are_refused_and_the_server_stays_up(server, mnist):
                half_close=True).startswith(b"HTTP/1.1 400")
     assert raw(server, http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: -5")).startswith(b"HTTP/1.1 400")
     assert raw(server, http_request(server, "POST /api/predict HTTP/1.1")).startswith(b"HTTP/1.1 411")
+    assert raw(server, http_request(server, "POST /static/%ff HTTP/1.1", "Content-Length: 0")).startswith(b"HTTP/1.1 404")
     for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1 extra\r\n\r\n", b"\x00\xff\r\n\r\n"):
         assert b"400" in raw(server, garbage, half_close=True)  # the standard library's error page
     assert raw(server, http_request(server, "DELETE / HTTP/1.1", "Connection: close")).startswith(b"HTTP/1.1 501")
@@ -244,6 +246,26 @@ def test_only_regular_files_inside_the_static_folder_are_served(server, tmp_path
     (static / "index.html").symlink_to(outside)
     with pytest.raises(ConfigError, match="no index.html"):
         static_files(static)
+
+
+def statuses(answer: bytes) -> list[int]:
+    """The status of every response in ``answer`` (a status line may follow a JSON body directly)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_body_sent_with_a_get_is_never_read_as_a_request(server, method):
+    """The body of a GET or HEAD is read and dropped: a request hidden in it is never answered."""
+    hidden = http_request(server, "GET /hidden HTTP/1.1")
+    first = http_request(server, f"{method} /api/network HTTP/1.1", f"Content-Length: {len(hidden)}", body=hidden)
+    last = http_request(server, "GET /api/network HTTP/1.1", "Connection: close")
+    assert statuses(raw(server, first + last)) == [200, 200]
+    chunked = http_request(server, f"{method} /api/network HTTP/1.1", "Transfer-Encoding: chunked",
+                           body=b"%x\r\n%s\r\n0\r\n\r\n" % (len(hidden), hidden))
+    assert statuses(raw(server, chunked + last)) == [411]
+    for lengths in (["5", "50"], ["+5"], ["5_0"], [" "]):
+        sent = http_request(server, f"{method} /api/network HTTP/1.1", *(f"Content-Length: {n}" for n in lengths))
+        assert statuses(raw(server, sent + b"hello" + last)) == [400], lengths
 
 
 def test_concurrent_requests_get_their_own_answers(server, mnist):
