@@ -15,12 +15,14 @@
 Every answer comes from one jit-compiled forward pass that returns all layer activations. The
 server answers only these paths and its own static files, and only to requests whose ``Host``
 names it (``host_names``; another name gets 421, against DNS rebinding); bodies over ``MAX_BODY``
-bytes get 413, bad JSON or shapes 400, and no request can stop it or print a traceback.
+bytes get 413, bad JSON or shapes 400, a request that has not arrived ``REQUEST_SECONDS`` after
+its first byte 408 (``RequestReader``), and no request can stop it or print a traceback.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import ipaddress
 import json
 import os
@@ -43,6 +45,7 @@ from jaxdigits.core.errors import ConfigError, DataError, JaxdigitsError
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY = 1 << 20  # a 280x280 canvas as JSON grey values is about 80-320 KB
+REQUEST_SECONDS = 10.0  # a request, head and body, must arrive within this of its first byte
 MAX_SIDE = 1024
 MIN_SIDE = 8
 MAX_PIXELS = 512 * 512
@@ -238,6 +241,36 @@ def _read_regular(path: Path) -> bytes | None:
         return file.read()
 
 
+class RequestReader(io.RawIOBase):
+    """A connection's reading side on which each request, head and body together, must arrive
+    within ``REQUEST_SECONDS`` of its first byte, however slowly it trickles (a byte every second
+    never lets one read wait long); between requests the connection may stay silent ``idle``
+    seconds. A read past either raises ``TimeoutError``."""
+
+    def __init__(self, connection: socket.socket, idle: float):
+        super().__init__()
+        self.connection, self.idle, self.deadline = connection, idle, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wait = self.idle if self.deadline is None else min(self.idle, self.deadline - time.monotonic())
+        if wait <= 0:
+            raise TimeoutError(f"the request took longer than {REQUEST_SECONDS:g} s to arrive")
+        self.connection.settimeout(wait)
+        count = self.connection.recv_into(buffer)
+        if count and self.deadline is None:
+            self.deadline = time.monotonic() + REQUEST_SECONDS
+        return count
+
+    def request_read(self) -> None:
+        """The request has arrived: the answer is written with the idle timeout, and the next
+        request's clock starts at its first byte."""
+        self.deadline = None
+        self.connection.settimeout(self.idle)
+
+
 class Handler(BaseHTTPRequestHandler):
     server: "DigitServer"
     server_version = "jaxdigits"
@@ -248,6 +281,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # quiet: the page makes many requests a second
         pass
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # the standard reader, replaced by one with a deadline per request
+        self.reader = RequestReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self.reader)
 
     def do_GET(self):
         self._answer(self._get)
@@ -269,6 +308,7 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001 - the server must stay up and print no traceback
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             status, body, content_type = 500, _json({"error": message}), "application/json"
+        self.reader.request_read()
         self._send(status, body, content_type, head)
 
     def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
@@ -327,12 +367,17 @@ class Handler(BaseHTTPRequestHandler):
         return self._read_exactly(length)
 
     def _read_exactly(self, length: int) -> bytes:
+        """``length`` bytes of body, or 400 when the client ends it early, 408 when it is late."""
         body = bytearray()
-        while len(body) < length:
-            chunk = self.rfile.read1(length - len(body))
-            if not chunk:
-                raise BadRequest(400, f"the body ended after {len(body)} of the {length} bytes its Content-Length announced")
-            body += chunk
+        try:
+            while len(body) < length:
+                chunk = self.rfile.read1(length - len(body))
+                if not chunk:
+                    raise BadRequest(400, f"the body ended after {len(body)} of the {length} bytes its Content-Length announced")
+                body += chunk
+        except TimeoutError:
+            raise BadRequest(408, f"the body did not arrive within {REQUEST_SECONDS:g} s: {len(body)} of the {length} "
+                                  "bytes its Content-Length announced; send it whole") from None
         return bytes(body)
 
     def _get(self, body: bytes | None):

@@ -7,6 +7,7 @@ JAXDIGITS_REQUIRE_BROWSER=1 (set by .ci/run) that is a failure instead.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -29,7 +30,7 @@ from jaxdigits.images import load_digit_image
 from jaxdigits.core.model import layer_activations
 from jaxdigits import serve as serve_module
 from jaxdigits.core.errors import ConfigError
-from jaxdigits.serve import MAX_BODY, Model, load_model, make_server, static_files
+from jaxdigits.serve import MAX_BODY, Handler, Model, load_model, make_server, static_files
 
 REQUIRE_BROWSER_ENV = "JAXDIGITS_REQUIRE_BROWSER"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -266,6 +267,50 @@ def test_a_body_sent_with_a_get_is_never_read_as_a_request(server, method):
     for lengths in (["5", "50"], ["+5"], ["5_0"], [" "]):
         sent = http_request(server, f"{method} /api/network HTTP/1.1", *(f"Content-Length: {n}" for n in lengths))
         assert statuses(raw(server, sent + b"hello" + last)) == [400], lengths
+
+
+def trickle(server, start: bytes, byte: bytes, every: float = 0.1, limit: float = 10.0) -> tuple[bytes, float]:
+    """Send ``start``, then ``byte`` every ``every`` seconds until the server answers and closes
+    (or ``limit`` seconds pass); the answer and the seconds it took."""
+    began = time.monotonic()
+    answer = b""
+    with socket.create_connection(server.server_address[:2], timeout=limit) as sock:
+        sock.sendall(start)
+        sock.settimeout(every)
+        while time.monotonic() - began < limit:
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            except TimeoutError:
+                with contextlib.suppress(OSError):
+                    sock.sendall(byte)
+            except ConnectionResetError:
+                break
+    return answer, time.monotonic() - began
+
+
+def test_a_request_that_trickles_in_is_cut_off_at_its_deadline(server, monkeypatch):
+    """A byte every 0.1 s never lets a read wait long, but the request as a whole must arrive in time."""
+    monkeypatch.setattr(serve_module, "REQUEST_SECONDS", 1.0, raising=False)
+    body_first = http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 100000")
+    answer, took = trickle(server, body_first, b"0")
+    assert answer.startswith(b"HTTP/1.1 408") and b"within 1 s" in answer and took < 4, (answer[:200], took)
+    answer, took = trickle(server, b"GET /api/network HTTP/1.1\r\n", b"X")  # a head that never ends
+    assert not answer.startswith(b"HTTP/1.1 200") and took < 4, (answer[:200], took)
+    assert request(server, "GET", "/api/network")[0] == 200
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_not_500(server, monkeypatch):
+    """The client sends 10 of 100 bytes and waits: a clean 408 naming the shortfall, never a 500."""
+    monkeypatch.setattr(Handler, "timeout", 2)
+    monkeypatch.setattr(serve_module, "REQUEST_SECONDS", 1.0, raising=False)
+    start = http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 100", body=b"0" * 10)
+    answer, took = trickle(server, start, b"", limit=6)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and took < 4, (answer[:300], took)
+    assert "10 of the 100 bytes" in json.loads(body)["error"]
 
 
 def test_concurrent_requests_get_their_own_answers(server, mnist):
