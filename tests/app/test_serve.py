@@ -365,6 +365,17 @@ def test_cli_serve_prints_its_address_refuses_a_taken_port_and_stops_on_ctrl_c(r
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
 
 
+def test_cli_serve_refuses_data_other_than_the_networks_as_evaluate_does(run_dir, fashion_mnist_dir):
+    """A network trained on MNIST given the Fashion-MNIST folder: one line and exit 2, no page of
+    clothing shown as "test digits"."""
+    refusal = "the network was trained on mnist and these files are fashion_mnist; give --data-dir a folder with mnist"
+    for command in (["serve", str(run_dir), "--port", "0"], ["evaluate", str(run_dir)]):
+        done = subprocess.run([sys.executable, "-m", "jaxdigits", *command, "--data-dir", str(fashion_mnist_dir)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == "", (command, done.stdout)
+        assert done.stderr.strip().splitlines() == [f"jaxdigits {command[0]}: error: {refusal}"], done.stderr
+
+
 # ---- in the browser --------------------------------------------------------------------------------
 
 
