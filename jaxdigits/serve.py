@@ -380,7 +380,7 @@ class Handler(BaseHTTPRequestHandler):
                                   "bytes its Content-Length announced; send it whole") from None
         return bytes(body)
 
-    def _get(self, body: bytes | None):
+    def _get(self, request_body: bytes | None):
         path, query = self._path()
         if path in self.server.files:
             body, content_type = self.server.files[path]
@@ -394,13 +394,13 @@ class Handler(BaseHTTPRequestHandler):
             return 200, _json(self.server.model.example(kind)), "application/json"
         raise BadRequest(404, "not found")
 
-    def _post(self, body: bytes | None):
+    def _post(self, request_body: bytes | None):
         path, _ = self._path()
         if path != "/api/predict":
             raise BadRequest(404 if path != "/api/network" else 405, "not found" if path != "/api/network" else "use GET")
-        if body is None:
+        if request_body is None:
             raise BadRequest(411, "a Content-Length header is needed")
-        grey = parse_pixels(body)
+        grey = parse_pixels(request_body)
         try:
             image = frame_grey(grey)
         except DataError:
@@ -425,6 +425,7 @@ class DigitServer(ThreadingHTTPServer):
         self.model = self.network_json = None
         super().__init__(address, Handler)
         self.host_names = host_names(host or self.server_address[0], self.server_address[0])
+        self.on_every_interface = ipaddress.ip_address(self.server_address[0].split("%")[0]).is_unspecified
         if model is not None:
             self.attach(model)
 
@@ -435,8 +436,7 @@ class DigitServer(ThreadingHTTPServer):
         if match is None or int(match[2] or 80) != self.server_address[1]:
             return False
         name = match[1].rstrip(".")
-        return name in self.host_names or (ipaddress.ip_address(self.server_address[0]).is_unspecified
-                                           and _is_ip_address(name))
+        return name in self.host_names or (self.on_every_interface and _is_ip_address(name))
 
     def attach(self, model: Model) -> None:
         """Answer with ``model`` (the server may bind first, so that a taken port fails fast)."""
