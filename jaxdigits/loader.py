@@ -10,6 +10,7 @@ does not fit the network's input and output sizes.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, NamedTuple
 
 from jaxdigits.checkpoint import load_params
@@ -42,12 +43,24 @@ def load_run(source: str | os.PathLike | Network, data: Dataset | None = None, d
         if folder is None and not data_required:
             return SavedRun(network, info, None, f"no data folder; give --data-dir DIR (or set {DATA_DIR_ENV}) "
                                                  "to see test digits")
-        data = load_mnist(folder, dataset)
-        if data.name != dataset:
-            raise ConfigError(f"the network was trained on {dataset} and these files are {data.name}; "
-                              f"give --data-dir a folder with {dataset}")
+        data = load_recorded(folder, dataset)
     check_fits_network(network, data)
     return SavedRun(network, info, data)
+
+
+def load_recorded(folder: str | os.PathLike | None, dataset: str) -> Dataset:
+    """The data set ``dataset`` from ``folder`` (see ``load_mnist``), refused in one line when its
+    files are another known data set. ``load_mnist``'s warning about that (which says the files
+    are recorded as what they are) is dropped: here they are refused, not recorded."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_mnist(folder, dataset)
+    if data.name != dataset:
+        raise ConfigError(f"the network was trained on {dataset} and these files are {data.name}; "
+                          f"give --data-dir a folder with {dataset}")
+    for warning in caught:  # any other warning still reaches the person at the terminal
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return data
 
 
 def check_fits_network(network: Network, data: Dataset) -> None:

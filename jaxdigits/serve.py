@@ -13,16 +13,23 @@
                                    label and the same fields as /api/predict
 
 Every answer comes from one jit-compiled forward pass that returns all layer activations. The
-server answers only these paths and its own static files; bodies over ``MAX_BODY`` bytes get 413,
-bad JSON or shapes 400, and no request can stop it or print a traceback.
+server answers only these paths and its own static files, and only to requests whose ``Host``
+names it (``host_names``; another name gets 421, against DNS rebinding); bodies over ``MAX_BODY``
+bytes get 413, bad JSON or shapes 400, a request that has not arrived ``REQUEST_SECONDS`` after
+its first byte 408 (``RequestReader``), and no request can stop it or print a traceback.
 """
 
 from __future__ import annotations
 
 import errno
+import io
+import ipaddress
 import json
+import os
 import posixpath
+import re
 import socket
+import stat
 import sys
 import threading
 import time
@@ -38,11 +45,14 @@ from jaxdigits.core.errors import ConfigError, DataError, JaxdigitsError
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY = 1 << 20  # a 280x280 canvas as JSON grey values is about 80-320 KB
+REQUEST_SECONDS = 10.0  # a request, head and body, must arrive within this of its first byte
 MAX_SIDE = 1024
 MIN_SIDE = 8
 MAX_PIXELS = 512 * 512
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[0-9a-z._-]+)(?::([0-9]{1,5}))?")  # name[:port], lower case
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -170,14 +180,95 @@ def load_model(checkpoint, data_dir=None) -> Model:
     return Model(run.network, run.info, run.data, run.note)
 
 
-def static_files(folder: Path = STATIC_DIR) -> dict[str, tuple[bytes, str]]:
-    """``{"/static/app.js": (bytes, content type), ...}``: the only files the server sends."""
+def host_names(host: str, address: str) -> frozenset[str]:
+    """The names (lower case, IPv6 in brackets) a ``Host`` header may give for a server asked to
+    listen on ``host`` and bound to ``address``: those two; ``localhost`` and the loopback addresses
+    when it is a loopback address; on every interface (0.0.0.0, ::) also this machine's names.
+    No name someone else's DNS controls is among them, so a rebound name is refused."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    names = {_bracketed(host.lower().rstrip(".")), _bracketed(str(ip))}
+    if ip.is_loopback or ip.is_unspecified:
+        names |= LOOPBACK_NAMES
+    if ip.is_unspecified:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(names)
+
+
+def _bracketed(name: str) -> str:
+    return f"[{name}]" if ":" in name and not name.startswith("[") else name
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+    except ValueError:
+        return False
+    return True
+
+
+def static_files(folder: Path | None = None) -> dict[str, tuple[bytes, str]]:
+    """``{"/static/app.js": (bytes, content type), ...}``: the only files the server sends, read
+    once: the regular files with a known suffix directly in ``folder`` (default ``STATIC_DIR``).
+    A symlink there is never followed, wherever it leads; folders, pipes and devices are skipped."""
+    folder = Path(STATIC_DIR if folder is None else folder).resolve()
     files = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix in CONTENT_TYPES:
-            files[f"/static/{path.name}"] = (path.read_bytes(), CONTENT_TYPES[path.suffix])
+    for name in sorted(os.listdir(folder)):
+        suffix = Path(name).suffix
+        if suffix in CONTENT_TYPES and (data := _read_regular(folder / name)) is not None:
+            files[f"/static/{name}"] = (data, CONTENT_TYPES[suffix])
+    if "/static/index.html" not in files:
+        raise ConfigError(f"{folder}: no index.html (a regular file, not a link) to serve; reinstall jaxdigits")
     files["/"] = files["/static/index.html"]
     return files
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of ``path`` when it is itself a regular file, else ``None``: ``lstat`` (which
+    sees a symlink as one), then opened with ``O_NOFOLLOW`` and without blocking, and the open
+    descriptor must be that same regular file (nothing swapped in between)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        seen = os.lstat(path)
+        if not stat.S_ISREG(seen.st_mode):
+            return None
+        descriptor = os.open(path, flags)
+    except OSError:
+        return None  # a symlink swapped in (ELOOP), or gone
+    with open(descriptor, "rb") as file:
+        opened = os.fstat(descriptor)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+            return None
+        return file.read()
+
+
+class RequestReader(io.RawIOBase):
+    """A connection's reading side on which each request, head and body together, must arrive
+    within ``REQUEST_SECONDS`` of its first byte, however slowly it trickles (a byte every second
+    never lets one read wait long); between requests the connection may stay silent ``idle``
+    seconds. A read past either raises ``TimeoutError``."""
+
+    def __init__(self, connection: socket.socket, idle: float):
+        super().__init__()
+        self.connection, self.idle, self.deadline = connection, idle, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wait = self.idle if self.deadline is None else min(self.idle, self.deadline - time.monotonic())
+        if wait <= 0:
+            raise TimeoutError(f"the request took longer than {REQUEST_SECONDS:g} s to arrive")
+        self.connection.settimeout(wait)
+        count = self.connection.recv_into(buffer)
+        if count and self.deadline is None:
+            self.deadline = time.monotonic() + REQUEST_SECONDS
+        return count
+
+    def request_read(self) -> None:
+        """The request has arrived: the answer is written with the idle timeout, and the next
+        request's clock starts at its first byte."""
+        self.deadline = None
+        self.connection.settimeout(self.idle)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -191,6 +282,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # quiet: the page makes many requests a second
         pass
 
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # the standard reader, replaced by one with a deadline per request
+        self.reader = RequestReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self.reader)
+
     def do_GET(self):
         self._answer(self._get)
 
@@ -202,14 +299,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, route, head: bool = False):
         try:
+            self._check_host()
             if self.server.model is None:
                 raise BadRequest(503, "the network is still loading")
-            status, body, content_type = route()
+            status, body, content_type = route(self._body())
         except BadRequest as exc:
             status, body, content_type = exc.status, _json({"error": str(exc)}), "application/json"
         except Exception as exc:  # noqa: BLE001 - the server must stay up and print no traceback
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             status, body, content_type = 500, _json({"error": message}), "application/json"
+        self.reader.request_read()
+        self._send(status, body, content_type, head)
+
+    def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
+        """The answer, headers and body in one write; an error closes the connection."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -224,9 +327,23 @@ class Handler(BaseHTTPRequestHandler):
             self._headers_buffer.append(body)
         self.flush_headers()  # one write for headers and body
 
+    def _check_host(self) -> None:
+        """Refuse a request whose ``Host`` is not this server (421; 400 when HTTP/1.1 gives none or several)."""
+        hosts = self.headers.get_all("Host") or []
+        if not hosts and self.request_version == "HTTP/1.0":
+            return  # HTTP/1.0 has no Host header, and no browser sends a request without one
+        if len(hosts) != 1:
+            raise BadRequest(400, f"an HTTP/1.1 request needs one Host header, got {len(hosts)}")
+        if not self.server.answers_to(hosts[0]):
+            raise BadRequest(421, f"Host {hosts[0]!r:.60} is not this server's address; open {self.server.url}")
+
     def _path(self) -> tuple[str, dict]:
+        """The normalised path and the query; 404 for a path that is not UTF-8 or leaves the files."""
         parts = urlsplit(self.path)
-        path = unquote(parts.path, errors="strict")
+        try:
+            path = unquote(parts.path, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest(404, "not found") from None
         if "\x00" in path or "\\" in path or not path.startswith("/"):
             raise BadRequest(404, "not found")
         normal = posixpath.normpath(path)
@@ -234,11 +351,37 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(404, "not found")  # '..', '.', '//' segments: no path escapes the files
         return normal, parse_qs(parts.query)
 
-    def _get(self):
+    def _body(self) -> bytes | None:
+        """The request's body (``None`` without a Content-Length), read whole for every method and
+        dropped by a GET or HEAD: a body is never taken for the next request on the connection."""
+        if self.headers.get_all("Transfer-Encoding"):
+            raise BadRequest(411, "send the body with a Content-Length, not chunked")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return None
+        if len(lengths) > 1 or not re.fullmatch(r"[0-9]{1,16}", lengths[0].strip()):
+            raise BadRequest(400, f"Content-Length must be one whole number of bytes, got {', '.join(lengths)!r:.60}")
+        length = int(lengths[0])
+        if length > MAX_BODY:
+            raise BadRequest(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
+        return self._read_exactly(length)
+
+    def _read_exactly(self, length: int) -> bytes:
+        """``length`` bytes of body, or 400 when the client ends it early, 408 when it is late."""
+        body = bytearray()
         try:
-            path, query = self._path()
-        except UnicodeDecodeError:
-            raise BadRequest(404, "not found") from None
+            while len(body) < length:
+                chunk = self.rfile.read1(length - len(body))
+                if not chunk:
+                    raise BadRequest(400, f"the body ended after {len(body)} of the {length} bytes its Content-Length announced")
+                body += chunk
+        except TimeoutError:
+            raise BadRequest(408, f"the body did not arrive within {REQUEST_SECONDS:g} s: {len(body)} of the {length} "
+                                  "bytes its Content-Length announced; send it whole") from None
+        return bytes(body)
+
+    def _get(self, request_body: bytes | None):
+        path, query = self._path()
         if path in self.server.files:
             body, content_type = self.server.files[path]
             return 200, body, content_type
@@ -251,39 +394,18 @@ class Handler(BaseHTTPRequestHandler):
             return 200, _json(self.server.model.example(kind)), "application/json"
         raise BadRequest(404, "not found")
 
-    def _post(self):
+    def _post(self, request_body: bytes | None):
         path, _ = self._path()
         if path != "/api/predict":
-            self._discard_body()
             raise BadRequest(404 if path != "/api/network" else 405, "not found" if path != "/api/network" else "use GET")
-        if self.headers.get("Transfer-Encoding"):
-            raise BadRequest(411, "send the body with a Content-Length, not chunked")
-        length = self.headers.get("Content-Length")
-        try:
-            length = int(length)
-        except (TypeError, ValueError):
-            raise BadRequest(411, "a Content-Length header is needed") from None
-        if length < 0:
-            raise BadRequest(400, "a negative Content-Length")
-        if length > MAX_BODY:
-            raise BadRequest(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise BadRequest(400, "the body ended early")
-        grey = parse_pixels(body)
+        if request_body is None:
+            raise BadRequest(411, "a Content-Length header is needed")
+        grey = parse_pixels(request_body)
         try:
             image = frame_grey(grey)
         except DataError:
             return 200, _json({"blank": True}), "application/json"
         return 200, _json(self.server.model.answer(image)), "application/json"
-
-    def _discard_body(self):
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        if 0 < length <= MAX_BODY:
-            self.rfile.read(length)
 
 
 def _json(value) -> bytes:
@@ -298,12 +420,23 @@ class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address, model: Model | None = None):
-        self.files = static_files()
+    def __init__(self, address, model: Model | None = None, host: str | None = None):
+        self.files = static_files(STATIC_DIR)
         self.model = self.network_json = None
         super().__init__(address, Handler)
+        self.host_names = host_names(host or self.server_address[0], self.server_address[0])
+        self.on_every_interface = ipaddress.ip_address(self.server_address[0].split("%")[0]).is_unspecified
         if model is not None:
             self.attach(model)
+
+    def answers_to(self, header: str) -> bool:
+        """Whether a ``Host`` header (``name[:port]``) names this server: one of ``host_names``
+        (on every interface, also any IP address) and its port (80 when none is given)."""
+        match = HOST_HEADER.fullmatch(header.strip().lower())
+        if match is None or int(match[2] or 80) != self.server_address[1]:
+            return False
+        name = match[1].rstrip(".")
+        return name in self.host_names or (self.on_every_interface and _is_ip_address(name))
 
     def attach(self, model: Model) -> None:
         """Answer with ``model`` (the server may bind first, so that a taken port fails fast)."""
@@ -331,7 +464,7 @@ def make_server(model: Model | None, host: str = "127.0.0.1", port: int = 8000) 
     family = infos[0][0]
     server_class = type("DigitServer6", (DigitServer,), {"address_family": socket.AF_INET6}) if family == socket.AF_INET6 else DigitServer
     try:
-        return server_class(infos[0][4][:2], model)
+        return server_class(infos[0][4][:2], model, host)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(f"port {port} on {host} is already taken; pick another with --port") from None

@@ -7,9 +7,11 @@ JAXDIGITS_REQUIRE_BROWSER=1 (set by .ci/run) that is a failure instead.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,7 +28,9 @@ import jaxdigits
 from jaxdigits.data import DATA_DIR_ENV
 from jaxdigits.images import load_digit_image
 from jaxdigits.core.model import layer_activations
-from jaxdigits.serve import MAX_BODY, Model, load_model, make_server
+from jaxdigits import serve as serve_module
+from jaxdigits.core.errors import ConfigError
+from jaxdigits.serve import MAX_BODY, Handler, Model, load_model, make_server, static_files
 
 REQUIRE_BROWSER_ENV = "JAXDIGITS_REQUIRE_BROWSER"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,6 +69,11 @@ def request(server, method, path, body=None, headers=None):
         return response.status, response.read(), response.getheader("Content-Type")
     finally:
         connection.close()
+
+
+def http_request(server, start: str, *headers: str, body: bytes = b"") -> bytes:
+    """A request as bytes: ``start`` (``"GET / HTTP/1.1"``), a Host naming this server, ``headers``, ``body``."""
+    return "\r\n".join([start, "Host: {}:{}".format(*server.server_address[:2]), *headers, "", ""]).encode() + body
 
 
 def raw(server, data: bytes, half_close: bool = False) -> bytes:
@@ -126,7 +135,7 @@ def test_bad_requests_are_refused_and_the_server_stays_up(server, mnist):
     good = predict_body(a_canvas(mnist))
     assert request(server, "POST", "/api/predict", good)[0] == 200
 
-    too_big = raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{" % (MAX_BODY + 1))
+    too_big = raw(server, http_request(server, "POST /api/predict HTTP/1.1", f"Content-Length: {MAX_BODY + 1}", body=b"{"))
     assert too_big.startswith(b"HTTP/1.1 413")
     malformed = [b"{bad", b"", b"[1, 2]", b'"text"', b"\xff\xfe", b"[" * 100000,
                  json.dumps({"pixels": [0] * 64, "width": 8}).encode(),
@@ -150,21 +159,161 @@ def test_bad_requests_are_refused_and_the_server_stays_up(server, mnist):
                  "/static/..%2f..%2fetc%2fpasswd", "/static/%252e%252e/etc/passwd", "/static/./app.js",
                  "/static//app.js", "/static/..\\..\\etc\\passwd", "/static/app.js%00.png", "/static/",
                  "/static", "/../jaxdigits/serve.py", "/serve.py", "/static/%ff", "/etc/passwd"):
-        answer = raw(server, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = raw(server, http_request(server, f"GET {path} HTTP/1.1", "Connection: close"))
         assert answer.startswith((b"HTTP/1.1 404", b"HTTP/1.1 403")), path
         assert b"root:" not in answer
-    assert raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pix",
+    assert raw(server, http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 100", body=b'{"pix'),
                half_close=True).startswith(b"HTTP/1.1 400")
-    assert raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n").startswith(b"HTTP/1.1 400")
-    assert raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 411")
+    assert raw(server, http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: -5")).startswith(b"HTTP/1.1 400")
+    assert raw(server, http_request(server, "POST /api/predict HTTP/1.1")).startswith(b"HTTP/1.1 411")
+    assert raw(server, http_request(server, "POST /static/%ff HTTP/1.1", "Content-Length: 0")).startswith(b"HTTP/1.1 404")
     for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1 extra\r\n\r\n", b"\x00\xff\r\n\r\n"):
         assert b"400" in raw(server, garbage, half_close=True)  # the standard library's error page
-    assert raw(server, b"DELETE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 501")
+    assert raw(server, http_request(server, "DELETE / HTTP/1.1", "Connection: close")).startswith(b"HTTP/1.1 501")
     assert request(server, "GET", "/api/example?kind=worst")[0] == 400
-    raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n", half_close=True)
+    raw(server, http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 50"), half_close=True)
 
     status, body, _ = request(server, "POST", "/api/predict", good)
     assert status == 200 and json.loads(body)["digit"] in range(10)
+
+
+def status_for_host(server, host) -> tuple[int, str]:
+    """The status and error of GET /api/network sent with ``Host: host``."""
+    status, body, _ = request(server, "GET", "/api/network", headers={"Host": host})
+    return status, json.loads(body).get("error", "") if status != 200 else ""
+
+
+def test_a_host_header_naming_another_server_is_refused(server):
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 must not read the API."""
+    port = server.server_address[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}"):
+        assert status_for_host(server, host) == (200, ""), host
+    for host in (f"evil.example:{port}", "evil.example", f"localhost.evil.example:{port}", f"127.0.0.1:{port + 1}",
+                 "127.0.0.1", f"127.0.0.1:{port}@evil.example", f"192.0.2.7:{port}", " ", "x" * 5000):
+        status, error = status_for_host(server, host)
+        assert status == 421 and error.endswith(f"open {server.url}") and len(error) < 200, (host, status, error)
+    missing = raw(server, b"GET /api/network HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert missing.startswith(b"HTTP/1.1 400") and b"Host header" in missing
+    assert raw(server, b"GET /api/network HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")  # HTTP/1.0 needs no Host
+    twice = raw(server, http_request(server, "GET /api/network HTTP/1.1", "Host: evil.example", "Connection: close"))
+    assert twice.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize("bound, good, bad", [
+    ("127.0.0.2", ["127.0.0.2", "localhost"], ["evil.example", "127.0.0.1.nip.io"]),
+    ("0.0.0.0", ["192.0.2.7", "127.0.0.1", "localhost", "[::1]"], ["evil.example", "0.0.0.0.evil.example"]),
+])
+def test_a_server_bound_elsewhere_answers_to_its_own_address(server, bound, good, bad):
+    """On a given address the server answers to that address (and, on every interface, to any IP
+    address and this machine's names); any other name is refused."""
+    try:
+        other = make_server(server.model, bound, 0)
+    except ConfigError as exc:
+        pytest.skip(f"this machine cannot listen on {bound}: {exc}")
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        port = other.server_address[1]
+        assert all(status_for_host(other, f"{name}:{port}")[0] == 200 for name in good)
+        assert all(status_for_host(other, f"{name}:{port}")[0] == 421 for name in bad)
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_only_regular_files_inside_the_static_folder_are_served(server, tmp_path, monkeypatch):
+    """A symlink in the static folder is not followed, whether it leads out of the folder or not."""
+    outside = tmp_path / "secret.js"
+    outside.write_text("let secret = 'root:x:0:0'")
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "index.html").write_text("<p>page</p>")
+    (static / "app.js").write_text("let page = 1")
+    (static / "secret.js").symlink_to(outside)
+    (static / "copy.css").symlink_to(static / "app.js")
+    (static / "folder.js").symlink_to(tmp_path)
+    (static / "dangling.svg").symlink_to(tmp_path / "nothing")
+    os.mkfifo(static / "pipe.png")
+    assert sorted(static_files(static)) == ["/", "/static/app.js", "/static/index.html"]
+
+    monkeypatch.setattr(serve_module, "STATIC_DIR", static)
+    other = start(server.model)
+    try:
+        assert request(other, "GET", "/static/app.js")[:2] == (200, b"let page = 1")
+        for name in ("secret.js", "copy.css", "folder.js", "dangling.svg", "pipe.png"):
+            status, body, _ = request(other, "GET", f"/static/{name}")
+            assert status == 404 and b"secret" not in body, name
+    finally:
+        other.shutdown()
+        other.server_close()
+
+    (static / "index.html").unlink()
+    (static / "index.html").symlink_to(outside)
+    with pytest.raises(ConfigError, match="no index.html"):
+        static_files(static)
+
+
+def statuses(answer: bytes) -> list[int]:
+    """The status of every response in ``answer`` (a status line may follow a JSON body directly)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_body_sent_with_a_get_is_never_read_as_a_request(server, method):
+    """The body of a GET or HEAD is read and dropped: a request hidden in it is never answered."""
+    hidden = http_request(server, "GET /hidden HTTP/1.1")
+    first = http_request(server, f"{method} /api/network HTTP/1.1", f"Content-Length: {len(hidden)}", body=hidden)
+    last = http_request(server, "GET /api/network HTTP/1.1", "Connection: close")
+    assert statuses(raw(server, first + last)) == [200, 200]
+    chunked = http_request(server, f"{method} /api/network HTTP/1.1", "Transfer-Encoding: chunked",
+                           body=b"%x\r\n%s\r\n0\r\n\r\n" % (len(hidden), hidden))
+    assert statuses(raw(server, chunked + last)) == [411]
+    for lengths in (["5", "50"], ["+5"], ["5_0"], [" "]):
+        sent = http_request(server, f"{method} /api/network HTTP/1.1", *(f"Content-Length: {n}" for n in lengths))
+        assert statuses(raw(server, sent + b"hello" + last)) == [400], lengths
+
+
+def trickle(server, start: bytes, byte: bytes, every: float = 0.1, limit: float = 10.0) -> tuple[bytes, float]:
+    """Send ``start``, then ``byte`` every ``every`` seconds until the server answers and closes
+    (or ``limit`` seconds pass); the answer and the seconds it took."""
+    began = time.monotonic()
+    answer = b""
+    with socket.create_connection(server.server_address[:2], timeout=limit) as sock:
+        sock.sendall(start)
+        sock.settimeout(every)
+        while time.monotonic() - began < limit:
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            except TimeoutError:
+                with contextlib.suppress(OSError):
+                    sock.sendall(byte)
+            except ConnectionResetError:
+                break
+    return answer, time.monotonic() - began
+
+
+def test_a_request_that_trickles_in_is_cut_off_at_its_deadline(server, monkeypatch):
+    """A byte every 0.1 s never lets a read wait long, but the request as a whole must arrive in time."""
+    monkeypatch.setattr(serve_module, "REQUEST_SECONDS", 1.0, raising=False)
+    body_first = http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 100000")
+    answer, took = trickle(server, body_first, b"0")
+    assert answer.startswith(b"HTTP/1.1 408") and b"within 1 s" in answer and took < 4, (answer[:200], took)
+    answer, took = trickle(server, b"GET /api/network HTTP/1.1\r\n", b"X")  # a head that never ends
+    assert not answer.startswith(b"HTTP/1.1 200") and took < 4, (answer[:200], took)
+    assert request(server, "GET", "/api/network")[0] == 200
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_not_500(server, monkeypatch):
+    """The client sends 10 of 100 bytes and waits: a clean 408 naming the shortfall, never a 500."""
+    monkeypatch.setattr(Handler, "timeout", 2)
+    monkeypatch.setattr(serve_module, "REQUEST_SECONDS", 1.0, raising=False)
+    start = http_request(server, "POST /api/predict HTTP/1.1", "Content-Length: 100", body=b"0" * 10)
+    answer, took = trickle(server, start, b"", limit=6)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and took < 4, (answer[:300], took)
+    assert "10 of the 100 bytes" in json.loads(body)["error"]
 
 
 def test_concurrent_requests_get_their_own_answers(server, mnist):
@@ -217,6 +366,17 @@ def test_cli_serve_prints_its_address_refuses_a_taken_port_and_stops_on_ctrl_c(r
 
     missing = subprocess.run(command[:4] + [str(run_dir / "nothing")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+
+
+def test_cli_serve_refuses_data_other_than_the_networks_as_evaluate_does(run_dir, fashion_mnist_dir):
+    """A network trained on MNIST given the Fashion-MNIST folder: one line and exit 2, no page of
+    clothing shown as "test digits"."""
+    refusal = "the network was trained on mnist and these files are fashion_mnist; give --data-dir a folder with mnist"
+    for command in (["serve", str(run_dir), "--port", "0"], ["evaluate", str(run_dir)]):
+        done = subprocess.run([sys.executable, "-m", "jaxdigits", *command, "--data-dir", str(fashion_mnist_dir)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == "", (command, done.stdout)
+        assert done.stderr.strip().splitlines() == [f"jaxdigits {command[0]}: error: {refusal}"], done.stderr
 
 
 # ---- in the browser --------------------------------------------------------------------------------
