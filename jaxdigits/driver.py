@@ -6,9 +6,13 @@ bit-identical resume stay); a sweep is many groups, each one compiled ``vmap``-p
 network each configuration keeps (``select``) and the per-epoch history, whose entries have
 the same keys whichever program made them:
 
-    {"epoch", "train_cost", "train_accuracy", ["validation_accuracy", "validation_cost",]
-     "test_accuracy", "seconds"}                            (validation keys with a split)
-    {"epoch", "train_cost", "diverged": True, "seconds"}    (the epoch whose cost was not finite)
+    {"epoch", "train_cost", "train_objective", "train_accuracy", ["validation_accuracy",
+     "validation_cost",] "test_accuracy", "seconds"}        (validation keys with a split)
+    {"epoch", "train_cost", "train_objective", "diverged": True, "seconds"}
+                                                            (the epoch whose cost was not finite)
+
+``train_cost`` is the epoch's mean mini-batch cost alone; ``train_objective`` what training
+minimises, the cost plus ``l2 * (1/2) sum w^2`` and the penalty (equal without them).
 
 An accuracy a run does not measure at every epoch (a sweep measures the training set's only at
 the end) is ``None`` until it is measured. What happens to the results is the sink's business,
@@ -245,12 +249,14 @@ def measure(trainer: Trainer, params: Any, data: DeviceData, splits: Sequence[st
     return {s: chunked_mean(trainer.score, params, data.chunks[s], fetch=fetch_global) for s in splits if s in data.chunks}
 
 
-def epoch_entry(epoch: int, cost: float, alive: bool, measured: dict[str, tuple], cell: tuple, splits: Sequence[str],
+def epoch_entry(epoch: int, costs: np.ndarray, alive: bool, measured: dict[str, tuple], cell: tuple, splits: Sequence[str],
                 seconds: float) -> dict:
-    """One member's history entry (see the module docstring)."""
+    """One member's history entry (see the module docstring); ``costs (2,)``: the epoch's mean
+    mini-batch objective and its mean cost alone."""
+    objective, cost = float(costs[0]), float(costs[1])
     if not alive:
-        return {"epoch": epoch, "train_cost": cost, "diverged": True, "seconds": seconds}
-    entry = {"epoch": epoch, "train_cost": cost}
+        return {"epoch": epoch, "train_cost": cost, "train_objective": objective, "diverged": True, "seconds": seconds}
+    entry = {"epoch": epoch, "train_cost": cost, "train_objective": objective}
     for split in splits:
         entry[f"{split}_accuracy"] = float(measured[split][0][cell]) if split in measured else None
         if split == "validation":
@@ -285,7 +291,7 @@ def run_group(configs: Sequence[TrainConfig], data: DeviceData, sink: Sink = NO_
             best = keep_where(put_flags(trainer, improved), states.params, best)
         for config, cell, history in zip(configs, trainer.cells, histories):
             if training[cell]:
-                history.append(epoch_entry(epoch, float(costs[cell]), bool(alive[cell]), measured, cell, splits, seconds))
+                history.append(epoch_entry(epoch, costs[cell], bool(alive[cell]), measured, cell, splits, seconds))
             if training[cell] and alive[cell]:
                 sink.epoch_done(config, lambda c=cell: member(states, c), history, lambda c=cell: member(best, c))
         if on_epoch is not None:

@@ -29,10 +29,12 @@ from jaxdigits.driver import DeviceData, keep_where
 
 
 class EpochResult(NamedTuple):
-    """One population epoch, per row: ``cost``, ``alive`` (finite), and validation
-    ``accuracy`` and ``cost``; ``seconds`` for the whole population."""
+    """One population epoch, per row: ``cost`` (alone) and ``objective`` (with ``l2`` and the
+    penalty), ``alive`` (finite), and validation ``accuracy`` and ``cost``; ``seconds`` for the
+    whole population."""
 
     cost: np.ndarray
+    objective: np.ndarray
     alive: np.ndarray
     accuracy: np.ndarray
     validation_cost: np.ndarray
@@ -95,7 +97,8 @@ class Population:
         accuracy, validation_cost = chunked_mean(self._score, self.states.params, self.data.chunks["validation"],
                                                  fetch=fetch_global)
         self.numbers += self.occupied
-        return EpochResult(fetch_global(costs)[:, 0], fetch_global(alive)[:, 0], accuracy[:, 0], validation_cost[:, 0],
+        costs = fetch_global(costs)[:, 0]
+        return EpochResult(costs[:, 1], costs[:, 0], fetch_global(alive)[:, 0], accuracy[:, 0], validation_cost[:, 0],
                            time.perf_counter() - began)
 
     def keep_best(self, improved: np.ndarray) -> None:

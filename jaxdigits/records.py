@@ -2,7 +2,8 @@
 ``results.jsonl``, how a run ended (``ok``, ``diverged``, ``stalled``), and tables of records.
 
 A record is flat: the config fields under their ``TrainConfig`` names (``hidden``, ``lr``,
-``seed``, ...), then ``id``, ``status``, the final ``train_cost``, ``train_accuracy`` and
+``seed``, ...), then ``id``, ``status``, the final ``train_cost`` (the cost alone) and
+``train_objective`` (with ``l2`` and the penalty, which training minimises), ``train_accuracy`` and
 ``test_accuracy``, ``best_test_accuracy`` and ``best_epoch``, the per-epoch ``train_cost_curve``
 and ``test_accuracy_curve``; with a validation split the validation figures and what validation
 chose (``selected_epoch``, ``selected_validation_accuracy``, ``selected_test_accuracy``: see
@@ -38,6 +39,7 @@ def run_record(config: TrainConfig, history: Sequence[dict], status: str, **extr
         "id": config_id(config),
         "status": status,
         "train_cost": last.get("train_cost"),
+        "train_objective": last.get("train_objective", last.get("train_cost")),
         "train_accuracy": last.get("train_accuracy"),
         "test_accuracy": last.get("test_accuracy"),
         "best_test_accuracy": tests[best] if best is not None else None,

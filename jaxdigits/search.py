@@ -197,9 +197,10 @@ class Runner:
 
 def _entry(epoch: int, result, row: int, seconds: float) -> dict:
     """A search's history entry: validation only (the test set is not read while searching)."""
+    costs = {"train_cost": float(result.cost[row]), "train_objective": float(result.objective[row])}
     if not result.alive[row]:
-        return {"epoch": epoch, "train_cost": float(result.cost[row]), "diverged": True, "seconds": seconds}
-    return {"epoch": epoch, "train_cost": float(result.cost[row]), "train_accuracy": None,
+        return {"epoch": epoch, **costs, "diverged": True, "seconds": seconds}
+    return {"epoch": epoch, **costs, "train_accuracy": None,
             "validation_accuracy": float(result.accuracy[row]), "validation_cost": float(result.validation_cost[row]),
             "test_accuracy": None, "seconds": seconds}
 

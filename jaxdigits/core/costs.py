@@ -101,21 +101,30 @@ def make_objective(
         C = (1/N) sum_x cost.per_example(z(x), label(x)) + l2 * (1/2) sum_w w^2 + penalty(network, images, labels)
 
     With ``dropout`` and a ``key`` (training), ``z`` comes from the network with dropout on its
-    hidden layers; without a key the network computes as at evaluation.
+    hidden layers; without a key the network computes as at evaluation. ``l2`` and ``dropout``
+    may be traced values.
     """
+    parts = make_objective_parts(cost, l2, penalty, dropout)
+    return lambda network, images, labels, key=None: parts(network, images, labels, key)[0]
+
+
+def make_objective_parts(cost, l2=0.0, penalty=None, dropout=0.0) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``parts(network, images, labels, key=None) -> (objective, cost)``: ``make_objective``'s
+    value and, apart, its first term, the cost alone (what a record calls ``train_cost``)."""
     cost = resolve_cost(cost)
 
-    def objective(network: Network, images: jax.Array, labels: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def parts(network: Network, images: jax.Array, labels: jax.Array, key: jax.Array | None = None):
         check_images(network, images, cost.name)
         check_labels(network, images, labels, cost.name)
-        value = jnp.mean(cost.per_example(_forward(network, images, dropout, key), labels))
+        alone = jnp.mean(cost.per_example(_forward(network, images, dropout, key), labels))
+        value = alone
         if not (isinstance(l2, (int, float)) and l2 == 0):  # XLA cannot drop 0 * x (x may be NaN)
             value = value + l2 * l2_penalty(network)
         if penalty is not None:
             value = value + penalty(network, images, labels)
-        return value
+        return value, alone
 
-    return objective
+    return parts
 
 
 def quadratic_cost(network: Network, images: jax.Array, labels: jax.Array, l2: float = 0.0) -> jax.Array:

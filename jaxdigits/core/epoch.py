@@ -23,7 +23,7 @@ import optax
 
 from jaxdigits.core import transforms
 from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS, TrainConfig, numbers
-from jaxdigits.core.costs import make_objective, resolve_cost
+from jaxdigits.core.costs import make_objective_parts, resolve_cost
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.model import Network, init_mlp
 from jaxdigits.core.optimizers import make_optimizer
@@ -97,22 +97,23 @@ def init_state(
     return TrainState(network, make_optimizer(config.optimizer, rate, config.schedule, numbers=values).init(network))
 
 
-def make_step(config: TrainConfig, total_steps: int = 1) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """``step(state, images (B, inputs), labels (B,), key=None) -> (state, cost)``: one
+def make_step(config: TrainConfig, total_steps: int = 1, parts: bool = False) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``step(state, images (B, inputs), labels (B,), key=None) -> (state, objective)``: one
     gradient-descent step on the config's objective (cost, ``l2``, ``penalty``, dropout with
     ``key``) with its optimizer; ``total_steps`` is the run's length for a ``schedule``. The
     rate, ``l2``, the dropout rate and the optimizer's numbers are read from the state. The
-    cost returned is the mini-batch's cost before the update."""
+    value returned is the mini-batch's objective before the update; with ``parts``, ``(2,)``:
+    the objective and the cost alone."""
     # The numbers given here are placeholders: inject_hyperparams reads them from the state.
     optimizer = make_optimizer(config.optimizer, config.lr, config.schedule, total_steps, numbers(config, UPDATE_NUMBERS))
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array | None = None) -> tuple[TrainState, jax.Array]:
         held = state.opt_state.hyperparams
-        objective = make_objective(config.cost, held["l2"] if config.l2 else 0.0, config.penalty,
-                                   held["dropout"] if config.dropout else 0.0)
-        cost, grads = jax.value_and_grad(objective)(state.params, images, labels, key)
+        objective = make_objective_parts(config.cost, held["l2"] if config.l2 else 0.0, config.penalty,
+                                         held["dropout"] if config.dropout else 0.0)
+        (value, cost), grads = jax.value_and_grad(objective, has_aux=True)(state.params, images, labels, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), cost
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), jnp.stack([value, cost]) if parts else value
 
     return step
 
@@ -175,9 +176,9 @@ def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array, streng
     return out.astype(images.dtype)
 
 
-def make_epoch(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array]]:
+def make_epoch(config: TrainConfig, parts: bool = False) -> Callable[..., tuple[TrainState, jax.Array]]:
     """``epoch(state, key, images (N, inputs), labels (N,), strengths=None) -> (state, mean
-    mini-batch cost)``.
+    mini-batch objective)`` (with ``parts``, ``(2,)``: the objective's mean and the cost's alone).
 
     One ``lax.scan`` over the shuffled mini-batches; the data stays on the device (floats or
     uint8 pixels) and each step gathers its batch by index, converts it to floats and, with
@@ -189,7 +190,7 @@ def make_epoch(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array
     def epoch(state: TrainState, key: jax.Array, images: jax.Array, labels: jax.Array, strengths: dict | None = None):
         images, labels = jnp.asarray(images), jnp.asarray(labels)  # numpy arrays too, outside jit
         order = batch_order(key, images.shape[0], config.batch_size)
-        step = make_step(config, total_steps=config.epochs * order.shape[0])
+        step = make_step(config, total_steps=config.epochs * order.shape[0], parts=parts)
         dtype = jax.tree_util.tree_leaves(state.params)[0].dtype
         noise = jax.random.fold_in(key, NOISE_STREAM)
 
@@ -204,21 +205,22 @@ def make_epoch(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array
             return step(state, x, labels[batch_indices], dropout_key if config.dropout else None)
 
         state, costs = jax.lax.scan(body, state, (order, jnp.arange(order.shape[0])) if noisy else order)
-        return state, jnp.mean(costs)
+        return state, jnp.mean(costs, axis=0)
 
     return epoch
 
 
 def make_guarded_epoch(config: TrainConfig):
-    """``epoch(state, alive, key, images, labels, strengths=None) -> (state, alive, cost)``:
-    ``make_epoch`` that keeps the last finite state once the cost turns NaN or infinite
-    (``alive`` turns False and stays so). ``train`` runs it as it is; a sweep runs it under ``vmap``."""
-    epoch_fn = make_epoch(config)
+    """``epoch(state, alive, key, images, labels, strengths=None) -> (state, alive, costs (2,))``:
+    ``make_epoch`` (with ``parts``: the mean objective and the mean cost alone) that keeps the
+    last finite state once either turns NaN or infinite (``alive`` turns False and stays so).
+    ``train`` runs it as it is; a sweep runs it under ``vmap``."""
+    epoch_fn = make_epoch(config, parts=True)
 
     def guarded(state: TrainState, alive: jax.Array, key: jax.Array, images: jax.Array, labels: jax.Array,
                 strengths: dict | None = None):
         new_state, cost = epoch_fn(state, key, images, labels, strengths)
-        alive = alive & jnp.isfinite(cost)
+        alive = alive & jnp.all(jnp.isfinite(cost))
         state = jax.tree_util.tree_map(lambda new, old: jnp.where(alive, new, old), new_state, state)
         return state, alive, cost
 
@@ -227,7 +229,7 @@ def make_guarded_epoch(config: TrainConfig):
 
 def make_train(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array, jax.Array]]:
     """``train(seed, numbers, images (N, inputs), labels (N,), num_classes) -> (state, alive,
-    costs (epochs,))``: the config's whole run as one pure function, every epoch inside one
+    objectives (epochs,))``: the config's whole run as one pure function, every epoch inside one
     ``lax.scan``, so it can be ``jit``-ted, ``vmap``-ped over seeds and numbers, or
     differentiated with respect to them. ``numbers`` is the learning rate, or a dict of any of
     ``UPDATE_NUMBERS`` and ``AUGMENT_NUMBERS`` (``{"lr": 0.1, "l2": 1e-4}``; the rest are the
@@ -248,7 +250,7 @@ def make_train(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array
         def one_epoch(carry, epoch):
             state, alive = carry
             state, alive, cost = guarded(state, alive, jax.random.fold_in(shuffle_key, epoch), images, labels, strengths)
-            return (state, alive), cost
+            return (state, alive), cost[0]
 
         (state, alive), costs = jax.lax.scan(one_epoch, (state, jnp.asarray(True)), jnp.arange(1, config.epochs + 1))
         return state, alive, costs

@@ -58,7 +58,7 @@ def test_the_held_out_images_are_never_trained_on():
 
 def test_history_and_record_carry_validation_figures():
     result = jd.train(jd.TrainConfig(hidden=(16,), lr=1.0, epochs=3, validation=100), VALIDATION_DATA)
-    assert [set(h) for h in result.history] == [{"epoch", "train_cost", "train_accuracy", "validation_accuracy",
+    assert [set(h) for h in result.history] == [{"epoch", "train_cost", "train_objective", "train_accuracy", "validation_accuracy",
                                                  "validation_cost", "test_accuracy", "seconds"}] * 3
     network = jd.Network(result.params.layers, result.params.activation, result.params.output)
     split = VALIDATION_DATA.held_out(100)

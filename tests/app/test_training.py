@@ -45,7 +45,7 @@ def test_every_option_learns_the_synthetic_task(changes):
     result = jd.train(jd.TrainConfig(epochs=4, **changes), data)
     assert not result.diverged and result.status == "ok" and len(result.history) == 4
     assert result.history[-1]["test_accuracy"] >= 0.9, result.history
-    assert set(result.history[-1]) == {"epoch", "train_cost", "train_accuracy", "test_accuracy", "seconds"}
+    assert set(result.history[-1]) == {"epoch", "train_cost", "train_objective", "train_accuracy", "test_accuracy", "seconds"}
 
 
 def test_l2_shrinks_the_weights():
@@ -270,7 +270,7 @@ def test_library_reports_divergence_with_the_last_finite_params():
     result = train(DIVERGING, data)
     assert result.diverged and result.status == "diverged"
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
-    assert result.history[-1]["diverged"] and not np.isfinite(result.history[-1]["train_cost"])
+    assert result.history[-1]["diverged"] and not np.isfinite(result.history[-1]["train_objective"])  # the l2 term overflows
     assert result.record["diverged_epoch"] == 4 and result.record["epochs_completed"] == 3
     three = train(DIVERGING.replace(epochs=3), data)
     assert not three.diverged
@@ -290,3 +290,21 @@ def test_same_seed_and_config_give_identical_runs_across_processes(isolated, sma
     saved = load_file(reference / PARAMS_FILE)
     for name, array in checkpoint.params_to_tensors(params_to_numpy(result.params)).items():
         assert array.tobytes() == saved[name].tobytes()
+
+
+def test_a_record_keeps_the_cost_and_the_objective_apart():
+    from tests.helpers import DATA
+
+    config = jd.TrainConfig(hidden=(8,), cost="cross_entropy", lr=0.5, l2=0.05, epochs=2)
+    run = jd.train(config, DATA)
+    plain = jd.train(config.replace(l2=0.0), DATA)
+    for entry in run.history:
+        assert entry["train_objective"] > entry["train_cost"] > 0  # the l2 term is positive
+    assert plain.record["train_objective"] == plain.record["train_cost"]
+    # The step's objective is the cost plus l2 * 1/2 sum w^2: check one step by hand.
+    state = jd.init_state(config, jd.run_keys(0)[0], DATA.inputs, DATA.num_classes)
+    x, y = DATA.train_images[:10], DATA.train_labels[:10]
+    _, parts = jd.make_step(config, parts=True)(state, x, y)
+    cost = jd.make_objective("cross_entropy")(state.params, x, y)
+    assert float(parts[1]) == pytest.approx(float(cost), rel=1e-6)
+    assert float(parts[0]) == pytest.approx(float(cost + 0.05 * jd.l2_penalty(state.params)), rel=1e-6)
