@@ -70,6 +70,8 @@ class Dataset:
         classes = self.num_classes if self.num_classes is not None else int(labels.max()) + 1
         if int(labels.min()) < 0 or int(labels.max()) >= classes or classes < 2:
             raise DataError(f"labels must lie in 0..{classes - 1} with at least 2 classes; found {labels.min()}..{labels.max()}")
+        if self.num_classes is None:
+            _warn_missing_classes(arrays["train_labels"], classes)
         for key, value in arrays.items():
             object.__setattr__(self, key, value)
         object.__setattr__(self, "num_classes", int(classes))
@@ -115,6 +117,17 @@ class Dataset:
             **({"validation_examples": int(len(self.validation_images))} if self.has_validation else {}),
             "sha256": sha256_arrays((*self, *validation)),
         }
+
+
+def _warn_missing_classes(train_labels: np.ndarray, classes: int) -> None:
+    """Say so when labels such as ``{3, 5, 8}`` leave classes unused: the network would get
+    ``max + 1`` outputs, most of them for classes no image has."""
+    missing = np.setdiff1d(np.arange(classes), train_labels)
+    if len(missing):
+        shown = ", ".join(map(str, missing[:8].tolist())) + (", ..." if len(missing) > 8 else "")
+        warnings.warn(f"train_labels: classes {shown} of 0..{classes - 1} never occur, so the network gets {classes} "
+                      f"outputs; relabel to 0..{classes - len(missing) - 1} (np.unique(labels, return_inverse=True)) "
+                      "or pass num_classes= to keep them", DataWarning, stacklevel=4)
 
 
 def _checked_split(split: str, images, labels) -> tuple[np.ndarray, np.ndarray]:

@@ -30,3 +30,16 @@ def test_the_split_is_the_last_n_training_images_and_disjoint_from_training():
     rows = lambda a: {r.tobytes() for r in a}  # noqa: E731
     assert not rows(split.train_images) & rows(split.validation_images)
     assert SPLIT_DATA.held_out(0) is SPLIT_DATA and split.describe()["validation_examples"] == 100
+
+
+def test_labels_that_leave_classes_unused_are_named_in_a_warning():
+    import warnings
+
+    images, labels = np.zeros((6, 4), np.float32), np.array([3, 5, 8, 3, 5, 8], np.int32)
+    with pytest.warns(jd.DataWarning, match=r"classes 0, 1, 2, 4, 6, 7 of 0..8 never occur, so the network gets 9 outputs; relabel to 0..2"):
+        data = jd.Dataset(images, labels, images, labels, name="3-5-8")
+    assert data.num_classes == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jd.Dataset(images, labels, images, labels, num_classes=9)  # said on purpose: no warning
+        jd.Dataset(images, np.unique(labels, return_inverse=True)[1].astype(np.int32), images, labels % 3)
