@@ -24,6 +24,7 @@ _PUBLIC = {
     **dict.fromkeys(('FIELDS', 'SweepGrid', 'TrainConfig', 'program_key'), "jaxdigits.core.config"),
     **dict.fromkeys(('COSTS', 'Cost', 'CrossEntropyCost', 'QuadraticCost', 'cross_entropy_cost', 'l2_penalty', 'make_objective', 'quadratic_cost'), "jaxdigits.core.costs"),
     **dict.fromkeys(('DataWarning', 'Dataset'), "jaxdigits.core.dataset"),
+    **dict.fromkeys(('clear_programs',), "jaxdigits.core.programs"),
     **dict.fromkeys(('TrainState', 'batch_order', 'init_state', 'make_epoch', 'make_guarded_epoch', 'make_step', 'make_train', 'run_keys'), "jaxdigits.core.epoch"),
     **dict.fromkeys(('CheckpointError', 'ConfigError', 'DataError', 'InputError', 'JaxdigitsError', 'RunFolderError'), "jaxdigits.core.errors"),
     **dict.fromkeys(('evaluate', 'run_status'), "jaxdigits.core.metrics"),

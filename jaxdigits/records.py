@@ -16,14 +16,50 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import types
 from typing import Any, Sequence
 
 from jaxdigits.core.config import FIELDS, TrainConfig
 from jaxdigits.core.dataset import Dataset
 
 def config_id(config: TrainConfig) -> str:
-    """A stable 16-hex-digit name for a configuration (same config, same id, any run)."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """A stable 16-hex-digit name for a configuration (same config, same id, any run). Your own
+    cost, optimizer or penalty counts by its code as well as its name (``piece_digest``), so a
+    folder resumed with another function of the same name trains it anew."""
+    values = config.to_dict()
+    values.update({f"{name}_code": piece_digest(getattr(config, name)) for name in ("cost", "optimizer", "penalty")
+                   if getattr(config, name) is not None and not isinstance(getattr(config, name), str)})
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def piece_digest(piece: Any) -> str:
+    """A digest of a user's function (a cost's ``per_example`` and ``output``) that is the same in
+    every process: its bytecode, constants, names and the plain values it closes over."""
+    digest = hashlib.sha256(str(getattr(piece, "output", "")).encode())
+    _digest_value(getattr(piece, "per_example", piece), digest, depth=0)
+    return digest.hexdigest()[:16]
+
+
+def _contents(cell) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not yet filled
+        return None
+
+
+def _digest_value(value: Any, digest, depth: int) -> None:
+    code = getattr(value, "__code__", value if isinstance(value, types.CodeType) else None)
+    if depth > 8 or value is None or isinstance(value, (bool, int, float, str, bytes)):
+        digest.update(repr(value).encode())
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _digest_value(item, digest, depth + 1)
+    elif code is not None:
+        digest.update(code.co_code + repr((code.co_names, code.co_varnames)).encode())
+        _digest_value(code.co_consts, digest, depth + 1)
+        _digest_value([_contents(cell) for cell in getattr(value, "__closure__", None) or ()], digest, depth + 1)
+    else:  # an object whose repr may hold a memory address: its type stands for it
+        digest.update(type(value).__qualname__.encode())
 
 
 def run_record(config: TrainConfig, history: Sequence[dict], status: str, **extra: Any) -> dict:

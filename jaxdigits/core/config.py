@@ -270,7 +270,14 @@ def axis_values(name: str, values: Any, text: bool = False) -> tuple:
         candidates = list(values) if isinstance(values, (list, tuple)) else [values]
     if not candidates:
         raise ConfigError(f"sweep axis {name} is empty; give at least one value")
-    return tuple(dict.fromkeys(coerce(name, v, text) for v in candidates))
+    values = tuple(dict.fromkeys(coerce(name, v, text) for v in candidates))
+    names = [describe(v) for v in values]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"{name}: two different objects on one axis are both named {twice!r}; records and folders "
+                          "know a configuration by its names, so give each its own name (def a named function, or "
+                          "jd.Cost with another name)")
+    return values
 
 
 @dataclasses.dataclass(frozen=True)

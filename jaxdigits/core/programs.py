@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdigits.core.config import TrainConfig, program_key
+from jaxdigits.core.group import exact_group_epoch
+from jaxdigits.core.optimizers import takes_traced_rate
 
 
 def compiled(build: Callable[[TrainConfig], Callable], config: TrainConfig, *args, **jit_options) -> Callable:
@@ -48,3 +50,14 @@ def jitted(build: Callable[[TrainConfig], Callable], config: TrainConfig, **jit_
 @functools.lru_cache(maxsize=64)
 def _jitted(build, program: TrainConfig, jit_options: tuple):
     return jax.jit(build(program), **dict(jit_options))
+
+
+def clear_programs() -> None:
+    """Forget every compiled program (and JAX's own caches), so that the next run traces your
+    cost, penalty and optimizer again. A compiled program keeps the values a piece read from a
+    global or a mutable attribute when it was traced, for the rest of the process: call this
+    after changing such a value, or better, make the value a config number or define the piece
+    anew (a new object gets a program of its own)."""
+    for cache in (_compile, _jitted, exact_group_epoch, takes_traced_rate):
+        cache.cache_clear()
+    jax.clear_caches()

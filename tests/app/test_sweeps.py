@@ -359,3 +359,21 @@ def test_an_optax_factory_that_needs_its_rate_as_a_number_trains_in_train_and_sw
         alone = jd.train(jd.TrainConfig(hidden=(8,), optimizer=warm, lr=record["lr"], cost="cross_entropy", epochs=2), DATA)
         assert alone.record["train_cost"] == pytest.approx(record["train_cost"], rel=1e-6)
     assert len({r["train_cost"] for r in result.records}) == 2
+
+
+def scaled_cost(scale: float) -> jd.Cost:
+    """A user's cost whose formula depends on a value it closes over."""
+    return jd.Cost("scaled", lambda z, labels: scale * jd.CrossEntropyCost.per_example(z, labels), "softmax")
+
+
+def test_user_pieces_are_known_by_their_code_not_only_their_name(tmp_path):
+    with pytest.raises(ConfigError, match="both named 'scaled'"):
+        jd.sweep(data=DATA, cost=[scaled_cost(1.0), scaled_cost(2.0)], epochs=1)
+    with pytest.raises(ConfigError, match="both named '<lambda>'"):
+        jd.SweepGrid(optimizer=[lambda lr: __import__("optax").sgd(lr), lambda lr: __import__("optax").adam(lr)])
+    grid = dict(hidden=[(8,)], lr=[0.3], epochs=1, out_dir=tmp_path)
+    first = jd.sweep(data=DATA, cost=scaled_cost(1.0), **grid)
+    again = jd.sweep(data=DATA, cost=scaled_cost(1.0), **grid)  # the same definition, made anew
+    assert (first.trained, again.trained) == (1, 0)
+    with pytest.raises(jd.RunFolderError, match="holds a different sweep"):  # the same name, another formula
+        jd.sweep(data=DATA, cost=scaled_cost(5.0), **grid)

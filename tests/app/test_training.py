@@ -145,6 +145,11 @@ def test_float64_trains_saves_and_loads_end_to_end(tmp_path):
         network, info = jd.load_params({str(tmp_path / 'run')!r})
         assert network[0]["w"].dtype == np.float64 and info["config"]["dtype"] == "float64"
         assert float(jd.accuracy(network, data.test_images.astype(np.float64), data.test_labels)) == result.record["test_accuracy"]
+        # An exact float64 sweep runs each rate as float64 (0.1, not float32's 0.10000000149): train's numbers.
+        swept = jd.sweep(data=data, hidden=[(16, 16)], lr=[0.1, 0.3], l2=[1e-3], dtype=["float64"], epochs=2, exact=True)
+        for record in swept.records:
+            alone = jd.train(jd.TrainConfig(lr=record["lr"], l2=1e-3, dtype="float64", epochs=2), data)
+            assert record["train_cost_curve"] == alone.record["train_cost_curve"], (record["lr"], record["train_cost_curve"])
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
