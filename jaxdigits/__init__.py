@@ -31,7 +31,7 @@ _PUBLIC = {
     **dict.fromkeys(('LESSON_SIZES', 'Network', 'accuracy', 'forward', 'init_mlp', 'layer_activations', 'predict', 'register_activation'), "jaxdigits.core.model"),
     **dict.fromkeys(('OPTIMIZERS', 'make_optimizer'), "jaxdigits.core.optimizers"),
     **dict.fromkeys(('load_mnist', 'read_idx'), "jaxdigits.data"),
-    **dict.fromkeys(('use_cpu_cores',), "jaxdigits.devices"),
+    **dict.fromkeys(('DeviceWarning', 'use_cpu_cores'), "jaxdigits.devices"),
     **dict.fromkeys(('frame_digit', 'load_digit_image'), "jaxdigits.images"),
     **dict.fromkeys(('load_run',), "jaxdigits.loader"),
     **dict.fromkeys(('aggregate', 'format_table', 'run_record'), "jaxdigits.records"),

@@ -64,6 +64,10 @@ class GroupSize(NamedTuple):
     reason: str
 
 
+class DeviceWarning(UserWarning):
+    """A sweep runs on fewer devices than the host could give it."""
+
+
 def cpu_cache_per_core() -> tuple[int, str]:
     """``(bytes, source)``: the L2 and L3 cache a core has to itself (a shared cache divided by
     the cores sharing it), from ``CPU_CACHE_DIR`` (Linux sysfs), else ``os.sysconf``,

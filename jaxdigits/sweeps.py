@@ -29,9 +29,11 @@ Where things live
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -44,8 +46,8 @@ from jaxdigits.core.epoch import check_dtype, check_pieces
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import group_configs, memory_estimate
 from jaxdigits.data import load_mnist
-from jaxdigits.devices import (agree_on_done, agree_on_sizes, auto_sizes, check_fits, config_mesh, layout_line, mesh_for,
-                               use_cpu_cores)
+from jaxdigits.devices import (DeviceWarning, agree_on_done, agree_on_sizes, auto_sizes, check_fits, config_mesh, layout_line,
+                               mesh_for, use_cpu_cores)
 from jaxdigits.driver import NO_SINK, DeviceData, check_selection, put_data, run_group
 from jaxdigits.progress import Progress
 from jaxdigits.records import config_id, metric_label, network_label, ranked, ranking_metric
@@ -158,9 +160,22 @@ def _check_options(devices, cpu_devices: int | None, max_group_size: int | None,
         raise ConfigError(f"keep {keep!r} is not one of: none, best, all")
     if max_group_size is not None and max_group_size < 1:
         raise ConfigError(f"group size must be at least 1, got {max_group_size}")
-    if devices is None and not use_cpu_cores(cpu_devices) and cpu_devices is not None:
-        raise ConfigError(f"cpu_devices={cpu_devices}: JAX has already started with {jax.device_count()} devices; "
-                          "call jd.use_cpu_cores(N) before any JAX computation, or pass devices=")
+    if devices is None and not use_cpu_cores(cpu_devices):
+        if cpu_devices is not None:
+            raise ConfigError(f"cpu_devices={cpu_devices}: JAX has already started with {jax.device_count()} devices; "
+                              "call jd.use_cpu_cores(N) before any JAX computation, or pass devices=")
+        say_fewer_devices()
+
+
+@functools.lru_cache(maxsize=1)
+def say_fewer_devices() -> None:
+    """Once per process: a CPU-only sweep that could not make each core a device says why."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if jax.default_backend() == "cpu" and jax.device_count() < cores and jax.config.jax_num_cpu_devices <= 0 \
+            and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        warnings.warn(f"jd.sweep runs on {jax.device_count()} CPU device(s) of {cores} cores: JAX started before the "
+                      "sweep could make each core a device; call jd.use_cpu_cores() before any JAX computation to use "
+                      "them all", DeviceWarning, stacklevel=4)
 
 
 def load_datasets(grid: SweepGrid, data: Dataset | None, data_dir) -> tuple[dict[str, Dataset], SweepGrid]:

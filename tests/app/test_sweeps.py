@@ -377,3 +377,26 @@ def test_user_pieces_are_known_by_their_code_not_only_their_name(tmp_path):
     assert (first.trained, again.trained) == (1, 0)
     with pytest.raises(jd.RunFolderError, match="holds a different sweep"):  # the same name, another formula
         jd.sweep(data=DATA, cost=scaled_cost(5.0), **grid)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to tell one device from several")
+def test_a_sweep_after_jax_started_says_once_why_it_runs_on_one_device():
+    code = textwrap.dedent("""
+        import warnings, jax, jax.numpy as jnp, jaxdigits as jd
+        from tests.conftest import synthetic_dataset
+        data = synthetic_dataset(40, 10)
+        %s
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            jd.sweep(data=data, hidden=[(4,)], lr=[0.1, 1.0], epochs=1)
+            jd.sweep(data=data, hidden=[(4,)], lr=[0.1, 1.0], epochs=1)
+        said = [str(w.message) for w in caught if issubclass(w.category, jd.DeviceWarning)]
+        print(jax.device_count(), len(said), said[0] if said else "")
+    """)
+    touched = subprocess.run([sys.executable, "-c", code % "jnp.zeros(1).block_until_ready()"], capture_output=True, text=True,
+                             cwd=REPO, env={**os.environ, "XLA_FLAGS": ""})
+    fresh = subprocess.run([sys.executable, "-c", code % "pass"], capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "XLA_FLAGS": ""})
+    count, times, line = touched.stdout.split(" ", 2)
+    assert (count, times) == ("1", "1") and "call jd.use_cpu_cores() before any JAX computation" in line, touched.stderr[-800:]
+    assert fresh.stdout.split(" ", 2)[:2] == [str(len(os.sched_getaffinity(0))), "0"], fresh.stderr[-800:]
