@@ -7,7 +7,7 @@ on validation accuracy, and their slots are refilled by the next trials without 
 The study lives in Optuna's storage: ``OUT/study.db`` (SQLite) by default, or any database URL
 (``postgresql://...``) that several ``jaxdigits search`` processes share. Each trial is asked
 from the sampler (``random``, ``qmc``, ``tpe``), reports its validation accuracy after every
-epoch to the pruner (``none``, ``asha``: successive halving, ``hyperband``), and is told
+epoch to the pruner (``none``, ``asha``: successive halving, ``hyperband``, ``pbt``), and is told
 ``COMPLETE`` (its value: its best validation accuracy) or ``PRUNED``; its record (the sweep
 record schema) is a user attribute of the trial.
 
