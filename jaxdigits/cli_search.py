@@ -29,7 +29,11 @@ def add_search_parsers(commands) -> None:
     search.add_argument("--population", type=positive("--population", 1 << 16), default=DEFAULT_POPULATION,
                         help=f"trials training at once (default {DEFAULT_POPULATION})")
     search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="how trials are drawn (default tpe)")
-    search.add_argument("--pruner", choices=PRUNERS, default="asha", help="how trials are stopped early (default asha)")
+    search.add_argument("--pruner", choices=PRUNERS, default="asha",
+                        help="how trials are stopped early (default asha); pbt: population-based training, the bottom "
+                        "quarter continues copies of the top quarter with perturbed numbers")
+    search.add_argument("--pbt-interval", type=positive("--pbt-interval"), metavar="EPOCHS",
+                        help="with --pruner pbt: epochs a trial trains between decisions (default 2)")
     search.add_argument("--out", type=out_folder, required=True, metavar="DIR", help="folder for the study and best networks")
     search.add_argument("--storage", metavar="URL", help="study database URL, e.g. postgresql://user@host/db (default: SQLite in --out)")
     search.add_argument("--study", default="jaxdigits", help="study name in the storage (default jaxdigits)")
@@ -65,7 +69,7 @@ def run_search(args: argparse.Namespace) -> int:
     result = search(space, trials=args.trials, epochs=epochs, validation=validation, population=args.population,
                     sampler=args.sampler, pruner=args.pruner, out_dir=args.out, storage=args.storage, study=args.study,
                     base=TrainConfig().replace(**overrides), data_dir=args.data_dir,
-                    heartbeat=(args.heartbeat, 6 * args.heartbeat), progress=True)
+                    heartbeat=(args.heartbeat, 6 * args.heartbeat), progress=True, pbt_interval=args.pbt_interval)
     print(summary_line(result, args))
     return 0
 
@@ -80,8 +84,16 @@ def summary_line(result, args: argparse.Namespace) -> str:
                  f"(epoch {best['selected_epoch']})")
         if result.best_test_accuracy is not None:
             line += f", its test accuracy {100 * result.best_test_accuracy:.2f}% (read once, after the search)"
+    if len(result.lineage) > 1:
+        line += f"; its lineage: {lineage_text(result.lineage)}"
     rate = result.model_epochs / result.seconds if result.seconds else 0.0
     return line + f"; this worker trained {result.model_epochs} model-epochs in {result.seconds:.1f} s ({rate:.1f}/s)"
+
+
+def lineage_text(lineage: list[dict]) -> str:
+    """``trial 3 -> trial 9 (from epoch 2) -> ...``: a population-based training lineage."""
+    return " -> ".join(f"trial {link['trial']}" + (f" (from epoch {link['start_epoch']})" if link["start_epoch"] else "")
+                       for link in lineage)
 
 
 def run_search_report(args: argparse.Namespace) -> int:

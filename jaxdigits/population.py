@@ -6,7 +6,9 @@ each row has its own seed, shuffle key, augmentation strengths, update numbers (
 dropout rate, momentum, Adam's betas: in its optimizer state) and epoch number: the group epoch
 takes one epoch number per row. Placing a configuration in a row is one compiled
 update with the row as a traced index, so a search refills slots for as long as it likes with
-the programs it compiled for the first (the epoch, the score, the update).
+the programs it compiled for the first (the epoch, the score, the update). ``branch`` is the
+same for population-based training: a row takes a copy of another row's network and optimizer
+state, with new numbers written into that state, also one compiled update.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdigits.core.config import TrainConfig, program_key
+from jaxdigits.core.config import UPDATE_NUMBERS, TrainConfig, numbers, program_key
 from jaxdigits.core.epoch import augment_strengths, init_state, run_keys
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import MESH_AXIS, fetch_global, group_epoch, group_score, put_global
 from jaxdigits.core.metrics import chunked_mean
 from jaxdigits.core.programs import compiled, jitted
 from jaxdigits.driver import DeviceData, keep_where
+
+# A config's update number by the name the optimizer state holds it under.
+STATE_NAMES = {"lr": "learning_rate"}
 
 
 class EpochResult(NamedTuple):
@@ -45,6 +50,18 @@ class EpochResult(NamedTuple):
 def _set_row(tree: Any, row: jax.Array, value: Any) -> Any:
     """``tree`` with row ``row`` (of its leading axis) replaced by ``value``."""
     return jax.tree_util.tree_map(lambda t, v: t.at[row].set(v.reshape(t.shape[1:])), tree, value)
+
+
+@jax.jit
+def _branch(states: Any, best: Any, source: jax.Array, row: jax.Array, held: dict) -> tuple[Any, Any]:
+    """``states`` with row ``row`` a copy of row ``source`` (network and optimizer state) whose
+    optimizer state holds the numbers ``held`` (``{"learning_rate": ..., ...}``), and ``best``
+    with row ``row`` that copied network."""
+    copied = jax.tree_util.tree_map(lambda t: t.at[row].set(t[source]), states)
+    hyperparams = {name: t.at[row].set(jnp.reshape(held[name], t.shape[1:]).astype(t.dtype)) if name in held else t
+                   for name, t in copied.opt_state.hyperparams.items()}
+    best = jax.tree_util.tree_map(lambda b, t: b.at[row].set(t[source]), best, states.params)
+    return copied._replace(opt_state=copied.opt_state._replace(hyperparams=hyperparams)), best
 
 
 class Population:
@@ -83,6 +100,24 @@ class Population:
         self.keys = _set_row(self.keys, index, shuffle_key)
         self.strengths = _set_row(self.strengths, index, augment_strengths(config))
         self.numbers[row], self.occupied[row] = 1, True
+
+    def branch(self, row: int, source: int, config: TrainConfig) -> None:
+        """Population-based training's exploit and explore: ``row`` continues ``source``'s
+        network and optimizer state (its step count, moments and epoch number) with
+        ``config``'s update numbers written into that state, ``config``'s augmentation strengths
+        and its own shuffle key (its seed), so it draws other batches than ``source``."""
+        if program_key(config) != self.program:
+            raise ConfigError("a population trains configurations of one program; this one differs")
+        index, origin = jnp.asarray(row, jnp.int32), jnp.asarray(source, jnp.int32)
+        held = {STATE_NAMES.get(name, name): float(value) for name, value in numbers(config, UPDATE_NUMBERS).items()}
+        self.states, self.best = _branch(self.states, self.best, origin, index, held)
+        self.keys = _set_row(self.keys, index, run_keys(config.seed)[1])
+        self.strengths = _set_row(self.strengths, index, augment_strengths(config))
+        self.numbers[row], self.occupied[row] = self.numbers[source], True
+
+    def hyperparams(self, row: int) -> dict[str, float]:
+        """Row ``row``'s update numbers as its optimizer state holds them (``learning_rate``, ...)."""
+        return {name: float(fetch_global(t)[row, 0]) for name, t in self.states.opt_state.hyperparams.items()}
 
     def free(self, row: int) -> None:
         self.occupied[row] = False

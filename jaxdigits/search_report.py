@@ -1,6 +1,8 @@
 """What a search found, from its study: the best trials, how the best validation accuracy grew
 with the model-epochs spent, which parameters mattered, and validation accuracy against each
-numeric parameter (Optuna's own plots), with pruned and diverged trials counted and marked."""
+numeric parameter (Optuna's own plots), with pruned and diverged trials counted and marked, and
+the best trial's lineage where population-based training (``--pruner pbt``) made it a copy of
+others."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 from jaxdigits.core.errors import RunFolderError
 from jaxdigits.files import json_safe, write_atomic, write_json
 from jaxdigits.reports import html_page, html_table, png_bytes, pyplot
-from jaxdigits.study import optuna_module, storage_url
+from jaxdigits.study import lineage, optuna_module, storage_url
 
 
 def load_study(out_dir: Path, storage: str | None, study: str):
@@ -82,10 +84,16 @@ def search_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike, *, 
     result = {"study": study, "finished": len(records), "states": states, "best": json_safe(ranked[:10]),
               "best_test_accuracy": the_study.user_attrs.get("best_test_accuracy"),
               "diverged": sum(r.get("status") == "diverged" for r in records),
+              "lineage": json_safe(lineage(trials, ranked[0]["trial"])) if ranked else [],
               "figures": {name: f"{name}.png" for name in pngs}}
     write_json(out / "report.json", result)
     write_atomic(out / "report.html", report_html(result, pngs).encode())
     return result
+
+
+def params_text(params: dict) -> str:
+    """``lr=0.3, momentum=0.8``: a trial's parameters, numbers to 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def report_html(result: dict, pngs: dict[str, bytes]) -> str:
@@ -102,5 +110,11 @@ def report_html(result: dict, pngs: dict[str, bytes]) -> str:
                 + (f": trial {test['trial']}, test accuracy {percent(test['test_accuracy'])} %" if test else "") + ".</p>",
                 "<h2>Best trials</h2>",
                 html_table(["trial", "lr", "batch", "hidden", "validation %", "epoch", "status"], rows)]
+    if len(result["lineage"]) > 1:
+        sections += ["<h2>Lineage of the best trial</h2>", "<p class=\"note\">Population-based training: each trial "
+                     "continued the network of the one above from the epoch shown, with its numbers perturbed.</p>",
+                     html_table(["trial", "from epoch", "epochs trained", "parameters", "validation %", "state"],
+                                [[link["trial"], link["start_epoch"], link["epochs"], params_text(link["params"]),
+                                  percent(link["value"]), link["state"]] for link in result["lineage"]])]
     sections += [html_figure(png, name, name) for name, png in pngs.items()]
     return html_page(f"Search {html.escape(result['study'])}", sections)

@@ -154,3 +154,36 @@ def config_of(params: dict[str, Any], space: dict[str, Dimension], base: TrainCo
     """The trial's ``TrainConfig``: ``base`` with the sampled ``params`` and ``fixed`` fields."""
     values = {f: json.loads(v) if space[f].kind == "choice" else v for f, v in params.items() if f in space}
     return base.replace(**values, **fixed)
+
+
+# Population-based training's explore step: each traced number a range searches is multiplied
+# by one of these, then clipped to its range.
+PERTURB_FACTORS = (0.8, 1.2)
+
+
+def perturbable(space: dict[str, Dimension]) -> list[str]:
+    """The fields of ``space`` population-based training perturbs: ranges (not lists) of the
+    numbers a compiled program takes as values (``lr``, ``l2``, ``dropout``, ``momentum``,
+    ``b1``, ``b2``, the augmentation strengths)."""
+    from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS
+
+    return [f for f, d in space.items() if d.kind in ("log", "uniform") and f in UPDATE_NUMBERS + AUGMENT_NUMBERS]
+
+
+def perturb(params: dict[str, Any], space: dict[str, Dimension], base: TrainConfig,
+            rng) -> tuple[dict[str, Any], dict[str, float]]:
+    """``(params, factors)``: a trial's ``params`` with each ``perturbable`` field multiplied by
+    a factor drawn from ``PERTURB_FACTORS`` and clipped to its range, and the factor each got.
+    Lists (categorical and structural fields) keep their values, and so does a number whose new
+    value would change the program (``program_key``: ``l2`` or dropout switched on or off, a
+    rate an optimizer factory needs as a Python number)."""
+    from jaxdigits.core.config import program_key
+
+    program = program_key(config_of(params, space, base))
+    out, factors = dict(params), {}
+    for field in perturbable(space):
+        d, factor = space[field], float(rng.choice(PERTURB_FACTORS))
+        value = min(max(params[field] * factor, d.low), d.high)
+        if program_key(config_of({**out, field: value}, space, base)) == program:
+            out[field], factors[field] = value, factor
+    return out, factors

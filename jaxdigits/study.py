@@ -19,7 +19,7 @@ from jaxdigits.core.errors import ConfigError
 from jaxdigits.search_space import Dimension, distributions, space_json
 
 SAMPLERS = ("random", "qmc", "tpe")
-PRUNERS = ("none", "asha", "hyperband")
+PRUNERS = ("none", "asha", "hyperband", "pbt")
 STUDY_FILE = "study.db"
 BEST_DIR = "trials"
 
@@ -80,7 +80,8 @@ def make_pruner(name: str, epochs: int):
     optuna = optuna_module()
     pruners = {"none": lambda: optuna.pruners.NopPruner(),
                "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)}
+               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3),
+               "pbt": lambda: optuna.pruners.NopPruner()}  # population-based training stops trials itself
     if name not in pruners:
         raise ConfigError(f"--pruner {name!r} is not one of: {', '.join(PRUNERS)}")
     return pruners[name]()
@@ -156,20 +157,53 @@ class SearchStudy:
     def ask(self, dims: dict[str, Dimension], budget: int):
         """A new trial (a retried one first), or ``None`` when the study's ``budget`` of complete,
         pruned and running trials is reached; a trial asked by two workers at once beyond the
-        budget is failed as surplus, so the study never ends with more than ``budget``."""
-        from optuna.trial import TrialState
-
+        budget is failed as surplus, so the study never ends with more than ``budget``. A
+        retried branch of population-based training starts afresh (its copied network died with
+        its worker): its ``parent`` becomes ``None``, ``start_epoch`` 0, ``lost_parent`` the old one."""
         self.fail_stale()
-        counts = self.counts()
-        if counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= budget:
+        if not self.has_room(budget):
             return None
         trial = self.study.ask(distributions(dims))
+        if not self._within(trial, budget):
+            return None
+        if trial.user_attrs.get("parent") is not None:
+            trial.set_user_attr("lost_parent", trial.user_attrs["parent"])
+            trial.set_user_attr("parent", None), trial.set_user_attr("start_epoch", 0)
+        return trial
+
+    def has_room(self, budget: int) -> bool:
+        """Whether the study's complete, pruned and running trials are fewer than ``budget``."""
+        counts = self.counts()
+        return counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] < budget
+
+    def _within(self, trial, budget: int) -> bool:
+        """Whether ``trial`` is within ``budget`` in trial order; a surplus one is failed."""
+        from optuna.trial import TrialState
+
         ahead = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
                  if t.number <= trial.number]
         if len(ahead) > budget:
             trial.set_user_attr("surplus", True)
             self.study.tell(trial, state=TrialState.FAIL)
+            return False
+        return True
+
+    def branch(self, params: dict, dims: dict[str, Dimension], budget: int, parent: int, start_epoch: int):
+        """A trial with ``params`` fixed that continues trial ``parent``'s network from its epoch
+        ``start_epoch`` (population-based training), running here from now on (heartbeats and
+        all), or ``None`` when the ``budget`` has no room. Its user attributes ``parent`` and
+        ``start_epoch`` are its lineage. It is made running at once, never waiting, so no other
+        worker can take it: only this one holds the network it continues."""
+        optuna = optuna_module()
+        if not self.has_room(budget):
             return None
+        frozen = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=params,
+                                           distributions=distributions(dims),
+                                           user_attrs={"parent": parent, "start_epoch": start_epoch})
+        trial = optuna.trial.Trial(self.study, self.storage.create_new_trial(self.study._study_id, template_trial=frozen))
+        if not self._within(trial, budget):
+            return None
+        self.started(trial)
         return trial
 
     def started(self, trial) -> None:
@@ -181,6 +215,10 @@ class SearchStudy:
         """Report a finished epoch's best validation accuracy; whether the trial should go on."""
         trial.report(float(value), epoch)
         return not trial.should_prune()
+
+    def lineage(self, number: int) -> list[dict]:
+        """Trial ``number``'s lineage, see ``lineage``."""
+        return lineage(self.study.get_trials(deepcopy=False), number)
 
     def finish(self, trial, record: dict, value: float, pruned: bool, network) -> None:
         """Keep the trial's record and tell the study; save its network if it is this worker's best."""
@@ -235,6 +273,21 @@ class SearchStudy:
     def close(self) -> None:
         self.stop.set()
         self.beat.join(timeout=5)
+
+
+def lineage(trials: Sequence, number: int) -> list[dict]:
+    """The chain of population-based training parents of trial ``number``, first ancestor first:
+    per trial its ``trial`` number, ``start_epoch`` (the epoch of the network it copied, 0 for
+    one that started afresh), ``epochs`` (those it trained itself), ``params`` and ``value``."""
+    by_number = {t.number: t for t in trials}
+    chain: list[dict] = []
+    while number is not None and number in by_number and all(link["trial"] != number for link in chain):
+        t = by_number[number]
+        chain.append({"trial": number, "start_epoch": t.user_attrs.get("start_epoch", 0) or 0,
+                      "epochs": t.user_attrs.get("record", {}).get("epochs_completed"), "params": dict(t.params),
+                      "value": t.value, "state": t.state.name.lower()})
+        number = t.user_attrs.get("parent")
+    return chain[::-1]
 
 
 def run_heartbeats(storage, running: Sequence, interval: float, stop: threading.Event) -> None:

@@ -119,7 +119,7 @@ def test_space_files_and_flags_say_the_same(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--sampler", "grid"], "invalid choice"), (["--pruner", "median"], "invalid choice"),
     (["--param", "lr=log:3:1"], "empty or inverted"), (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "--storage"),
-    (["--storage", "not a url"], "--storage"),
+    (["--storage", "not a url"], "--storage"), (["--pbt-interval", "2"], "--pbt-interval is for --pruner pbt"),
 ])
 def test_bad_search_flags_exit_2_with_one_line(flags, message, tmp_path, data_dir):
     args = [sys.executable, "-m", "jaxdigits", "search", "--param", "lr=log:0.1:1", "--trials", "2", "--epochs", "1",
@@ -205,3 +205,162 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_aske
     assert study.trials[orphan.number].state == TrialState.FAIL
     retried = [t for t in finished(study) if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retried) == 1 and retried[0].params == orphan.params
+
+
+# Population-based training: one search, watched where a row is copied, then examined.
+PBT_SPACE = {"lr": {"log": [0.01, 10.0]}, "momentum": {"uniform": [0.5, 0.95]}, "rotation": {"uniform": [1.0, 12.0]},
+             "dropout": [0.1, 0.2]}
+PBT_BASE = BASE.replace(optimizer="momentum", dropout=0.1, augment="affine", rotation=5.0)
+
+
+def row_of(tree, row: int):
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(x[row, 0]), tree)
+
+
+@pytest.fixture(scope="module")
+def pbt_run(tmp_path_factory):
+    """A pbt search of 14 trials in 4 slots, with each row copy's before and after kept."""
+    out, copies, compiled, made = tmp_path_factory.mktemp("pbt"), [], [], []
+    real_compiled, real_init = population_module.compiled, population_module.Population.__init__
+    real_branch, cached = population_module.Population.branch, population_module._branch._cache_size()
+
+    def branch(self, row, source, config):
+        def seen(r):
+            return row_of(self.states, r), {**self.hyperparams(r), "rotation": float(np.asarray(self.strengths["rotation"])[r])}
+
+        before = seen(source)
+        real_branch(self, row, source, config)
+        copies.append((before, seen(row), row_of(self.best, row), config))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(population_module, "compiled", lambda *a, **k: compiled.append(a[0]) or real_compiled(*a, **k))
+        patch.setattr(population_module.Population, "__init__", lambda self, *a: made.append(1) or real_init(self, *a))
+        patch.setattr(population_module.Population, "branch", branch)
+        result = search(PBT_SPACE, DATA, trials=14, epochs=6, validation=100, population=4, sampler="random",
+                        pruner="pbt", pbt_interval=2, out_dir=out, base=PBT_BASE)
+    return {"result": result, "out": out, "copies": copies, "compiled": compiled, "made": made,
+            "branch_programs": population_module._branch._cache_size() - cached}
+
+
+def children(study) -> list:
+    return [t for t in study.get_trials() if t.user_attrs.get("parent") is not None]
+
+
+def test_pbt_copies_a_top_members_network_and_state_bit_for_bit_with_perturbed_numbers(pbt_run):
+    import jax
+
+    assert pbt_run["copies"], "the search exploited no member"
+    study = optuna_study(pbt_run["out"])
+    for (parent, held), (child, child_held), best, config in pbt_run["copies"]:
+        for a, b in zip(jax.tree_util.tree_leaves((parent.params, parent.opt_state.inner_state)),
+                        jax.tree_util.tree_leaves((child.params, child.opt_state.inner_state))):
+            assert a.dtype == b.dtype and np.array_equal(a, b)  # the network and the momentum trace, bit for bit
+        assert parent.opt_state.count == child.opt_state.count > 0
+        leaves = jax.tree_util.tree_leaves
+        assert all(np.array_equal(a, b) for a, b in zip(leaves(parent.params), leaves(best)))  # its best so far: the copy
+        for name, field in (("learning_rate", "lr"), ("momentum", "momentum"), ("rotation", "rotation")):  # x0.8 or x1.2, clipped
+            low, high = PBT_SPACE[field][next(iter(PBT_SPACE[field]))]
+            options = [np.float32(min(max(float(held[name]) * f, low), high)) for f in (0.8, 1.2)]
+            assert any(np.isclose(child_held[name], o, rtol=2e-7, atol=0) for o in options), (name, held[name], child_held[name])
+            assert np.float32(getattr(config, field)) == np.float32(child_held[name])
+        for name in ("dropout", "l2", "b1", "b2"):  # a list and fields not searched: unchanged
+            assert child_held[name] == held[name]
+    for child in children(study):
+        parent = study.trials[child.user_attrs["parent"]]
+        for field in ("lr", "momentum", "rotation"):
+            low, high = PBT_SPACE[field][next(iter(PBT_SPACE[field]))]
+            assert any(child.params[field] == pytest.approx(min(max(parent.params[field] * f, low), high), rel=1e-12)
+                       for f in (0.8, 1.2))
+        assert child.params["dropout"] == parent.params["dropout"]
+
+
+def test_pbt_lineage_is_in_the_store_and_points_to_trials_that_trained_that_far(pbt_run):
+    from jaxdigits.search_report import search_report
+    from jaxdigits.study import lineage
+
+    study = optuna_study(pbt_run["out"])
+    made = children(study)
+    assert len(made) == len(pbt_run["copies"])
+    records = {t.number: t.user_attrs["record"] for t in finished(study)}
+    for child in made:
+        parent, start = child.user_attrs["parent"], child.user_attrs["start_epoch"]
+        assert parent in records and parent < child.number and 2 <= start < 6
+        assert records[parent].get("start_epoch", 0) + records[parent]["epochs_completed"] >= start  # it got there
+        assert records[child.number]["parent"] == parent and records[child.number]["start_epoch"] == start
+        assert records[child.number]["validation_accuracy_curve"] and records[child.number]["selected_epoch"] > start
+    replaced = [r for r in records.values() if "replaced_by" in r]
+    assert sorted(r["replaced_by"] for r in replaced) == sorted(t.number for t in made) and all(r["pruned"] for r in replaced)
+    chain = lineage(study.trials, made[-1].number)
+    assert chain[-1]["trial"] == made[-1].number and chain[0]["start_epoch"] == 0
+    assert all(a["trial"] == study.trials[b["trial"]].user_attrs["parent"] for a, b in zip(chain, chain[1:]))
+    report = search_report(pbt_run["out"], pbt_run["out"] / "report")
+    assert report["lineage"][-1]["trial"] == pbt_run["result"].best["trial"] == pbt_run["result"].lineage[-1]["trial"]
+
+
+def test_pbt_copies_rows_without_compiling_again(pbt_run):
+    assert pbt_run["made"] == [1] and len(pbt_run["compiled"]) == 1  # one population, one compiled epoch
+    assert len(pbt_run["copies"]) >= 2 and pbt_run["branch_programs"] <= 1  # every copy: the one compiled update
+
+
+def test_pbt_honours_the_budget_and_counts_each_epoch_once(pbt_run):
+    from optuna.trial import TrialState
+
+    result, study = pbt_run["result"], optuna_study(pbt_run["out"])
+    assert len(finished(study)) == len(study.trials) == len(result.records) == 14
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL))
+    assert result.model_epochs == sum(r["epochs_completed"] for r in result.records)
+    for record in result.records:
+        reached = record.get("start_epoch", 0) + record["epochs_completed"]
+        assert reached <= 6 and (record["pruned"] or reached == 6)
+
+
+def test_perturb_moves_only_traced_ranges_within_them():
+    from jaxdigits.search_space import perturb
+
+    space = parse_space({"lr": {"log": [0.01, 1.0]}, "momentum": {"uniform": [0.5, 0.95]}, "dropout": [0.1, 0.2],
+                         "batch_size": [10, 20]})
+    params = {"lr": 0.9, "momentum": 0.6, "dropout": "0.1", "batch_size": "20"}
+    seen = set()
+    for seed in range(20):
+        moved, factors = perturb(params, space, PBT_BASE, np.random.default_rng(seed))
+        assert moved["lr"] in (pytest.approx(0.72), 1.0) and moved["momentum"] in (pytest.approx(0.5), pytest.approx(0.72))
+        assert moved["dropout"] == "0.1" and moved["batch_size"] == "20" and set(factors) == {"lr", "momentum"}
+        seen.add(moved["lr"] == 1.0)
+    assert seen == {True, False}  # both factors drawn; 0.9 x 1.2 clipped to the range's 1.0
+    fixed_rate = PBT_BASE.replace(optimizer=lambda lr: __import__("optax").sgd(float(lr)))  # a rate the program keeps
+    assert perturb(params, space, fixed_rate, np.random.default_rng(0))[0]["lr"] == 0.9
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"pruner": "asha", "pbt_interval": 2}, "--pbt-interval is for --pruner pbt"),
+    ({"pruner": "pbt", "pbt_interval": 0}, "at least 1"),
+    ({"pruner": "pbt", "space": {"batch_size": [10, 20]}}, "give the space one"),
+])
+def test_pbt_settings_that_cannot_apply_are_one_line(kwargs, message, tmp_path):
+    space = kwargs.pop("space", SPACE)
+    with pytest.raises(jd.ConfigError, match=message):
+        search(space, DATA, trials=2, epochs=2, validation=100, out_dir=tmp_path, base=BASE, **kwargs)
+
+
+def test_a_retried_branch_starts_afresh_and_says_whose_copy_it_lost(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from jaxdigits.search_space import distributions
+
+    search(SPACE, DATA, trials=2, epochs=1, validation=100, population=2, sampler="random", pruner="pbt",
+           out_dir=tmp_path, base=BASE)
+    study = optuna_study(tmp_path)
+    study.add_trial(optuna.trial.create_trial(  # a branch whose worker died: its copied network is gone
+        state=TrialState.RUNNING, params={"lr": 0.5}, distributions=distributions(parse_space(SPACE)),
+        user_attrs={"parent": 1, "start_epoch": 2}))
+    time.sleep(3)
+    result = search(SPACE, DATA, trials=3, epochs=1, validation=100, population=2, sampler="random", pruner="pbt",
+                    out_dir=tmp_path, base=BASE, heartbeat=(1, 2))
+    retried = [t for t in finished(optuna_study(tmp_path)) if t.system_attrs.get("failed_trial") == 2]
+    assert len(result.records) == 3 and len(retried) == 1 and retried[0].params == {"lr": 0.5}
+    attrs = retried[0].user_attrs
+    assert attrs["parent"] is None and attrs["start_epoch"] == 0 and attrs["lost_parent"] == 1
+    assert attrs["record"]["epochs_completed"] == 1 and "parent" not in attrs["record"]
