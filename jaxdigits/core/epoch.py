@@ -14,6 +14,7 @@ numbers are read from the state and the arguments, never from the config.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -22,11 +23,11 @@ import numpy as np
 import optax
 
 from jaxdigits.core import transforms
-from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS, TrainConfig, numbers
+from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS, TrainConfig, numbers, program_key
 from jaxdigits.core.costs import make_objective_parts, resolve_cost
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.model import Network, init_mlp
-from jaxdigits.core.optimizers import make_optimizer
+from jaxdigits.core.optimizers import make_optimizer, takes_traced_rate
 
 
 class TrainState(NamedTuple):
@@ -90,11 +91,23 @@ def init_state(
     activation and its cost's output function) and its optimizer state, which holds the update's
     numbers: the config's, or those in ``update`` (``{"lr": ..., "l2": ...}``) and
     ``learning_rate``. Any of them may be a traced value, so one compiled program can start many."""
+    values = {**numbers(config, UPDATE_NUMBERS), **(update or {})}
+    values["lr"] = values["lr"] if learning_rate is None else learning_rate
+    if not takes_traced_rate(config.optimizer):  # its rate must stay a Python number
+        return _fresh_state(config, inputs, classes, init_key, values)
+    # One compiled program per structure: drawn op by op, the initial weights cost a compilation each.
+    return _init_program(program_key(config), inputs, classes)(init_key, values)
+
+
+def _fresh_state(config: TrainConfig, inputs: int, classes: int, init_key: jax.Array, values: dict) -> TrainState:
     sizes = (inputs, *config.hidden, classes)
     network = init_mlp(init_key, sizes, config.activation, resolve_cost(config.cost).output, jnp.dtype(config.dtype), config.init)
-    values = {**numbers(config, UPDATE_NUMBERS), **(update or {})}
-    rate = values["lr"] if learning_rate is None else learning_rate
-    return TrainState(network, make_optimizer(config.optimizer, rate, config.schedule, numbers=values).init(network))
+    return TrainState(network, make_optimizer(config.optimizer, values["lr"], config.schedule, numbers=values).init(network))
+
+
+@functools.lru_cache(maxsize=64)
+def _init_program(program: TrainConfig, inputs: int, classes: int) -> Callable[[jax.Array, dict], TrainState]:
+    return jax.jit(functools.partial(_fresh_state, program, inputs, classes))
 
 
 def make_step(config: TrainConfig, total_steps: int = 1, parts: bool = False) -> Callable[..., tuple[TrainState, jax.Array]]:
@@ -148,10 +161,16 @@ def device_images(images: np.ndarray, dtype: str) -> np.ndarray:
     """What to put on the device: uint8 when every value is a pixel byte's float (MNIST's are),
     else ``images`` as ``dtype``. ``as_inputs`` turns either into the same floats."""
     images = np.asarray(images)
-    pixels = np.clip(np.rint(images * np.float32(255)), 0, 255).astype(np.uint8)
-    if np.array_equal(pixel_values(dtype)[pixels], images.astype(dtype, copy=False)):
-        return pixels
-    return images.astype(dtype, copy=False)
+    pixels, table = np.empty(images.shape, np.uint8), pixel_values(dtype)
+    flat, out = images.reshape(-1), pixels.reshape(-1)
+    for start in range(0, flat.size, 1 << 20):  # in slices that stay in cache: no big temporaries
+        part, chunk = flat[start : start + (1 << 20)], out[start : start + (1 << 20)]
+        if not (part.min() >= 0 and part.max() <= 1):
+            return images.astype(dtype, copy=False)
+        chunk[...] = np.rint(part * images.dtype.type(255))
+        if not np.array_equal(table[chunk], part.astype(dtype, copy=False)):
+            return images.astype(dtype, copy=False)
+    return pixels
 
 
 # Noise keys (augmentation, dropout) come from fold_in(epoch_key, NOISE_STREAM): a stream apart

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdigits.core.config import TrainConfig, program_key
+from jaxdigits.core.epoch import _init_program
 from jaxdigits.core.group import exact_group_epoch
 from jaxdigits.core.optimizers import takes_traced_rate
 
@@ -58,6 +59,6 @@ def clear_programs() -> None:
     global or a mutable attribute when it was traced, for the rest of the process: call this
     after changing such a value, or better, make the value a config number or define the piece
     anew (a new object gets a program of its own)."""
-    for cache in (_compile, _jitted, exact_group_epoch, takes_traced_rate):
+    for cache in (_compile, _jitted, exact_group_epoch, takes_traced_rate, _init_program):
         cache.cache_clear()
     jax.clear_caches()
