@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from jaxdigits.core.config import TrainConfig
 from jaxdigits.core.errors import ConfigError
+from jaxdigits.interrupts import wait
 from jaxdigits.search_space import Dimension, distributions, space_json
 
 SAMPLERS = ("random", "qmc", "tpe")
@@ -209,7 +210,7 @@ class SearchStudy:
                 return False
             if counts["WAITING"] or counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] < budget:
                 return True
-            time.sleep(self.heartbeat[0])
+            wait(self.heartbeat[0])  # wakes at once on Ctrl-C or SIGTERM
 
     def records(self) -> list[dict]:
         from optuna.trial import TrialState
