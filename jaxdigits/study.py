@@ -216,13 +216,14 @@ class SearchStudy:
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        return [t.user_attrs["record"] for t in sorted(trials, key=lambda t: t.number) if "record" in t.user_attrs]
+        return [checked_record(self.study, t) for t in sorted(trials, key=lambda t: t.number) if "record" in t.user_attrs]
 
     def best_record(self) -> dict | None:
         from optuna.trial import TrialState
 
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return self.study.best_trial.user_attrs.get("record") if complete else None
+        best = self.study.best_trial if complete else None
+        return checked_record(self.study, best) if best is not None and "record" in best.user_attrs else None
 
     def best_network(self, record: dict) -> Any:
         from jaxdigits.checkpoint import load_params
@@ -236,6 +237,19 @@ class SearchStudy:
     def close(self) -> None:
         self.stop.set()
         self.beat.join(timeout=5)
+
+
+def checked_record(study, trial) -> dict:
+    """``trial``'s record, checked (``records.record_problem``) before anything uses it; a bad
+    one (an edited storage) is one line naming the study, the trial and the field."""
+    from jaxdigits.records import RecordError, record_problem
+
+    record = trial.user_attrs["record"]
+    problem = record_problem(record)
+    if problem:
+        raise RecordError(f"study {study.study_name!r}, trial {trial.number}: its record's {problem}; the study's "
+                          "storage was edited: restore it, or search again with a new --study")
+    return record
 
 
 def run_heartbeats(storage, running: Sequence, interval: float, stop: threading.Event) -> None:

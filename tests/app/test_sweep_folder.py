@@ -57,7 +57,7 @@ def test_an_edited_record_is_retrained_not_shown_as_the_best(tmp_path):
     edited = json.loads(lines[0])
     edited.update(lr=42.0, test_accuracy=0.999)
     (out / "results.jsonl").write_text(json.dumps(edited) + "\n" + lines[1] + "\n")
-    with pytest.warns(jd.ResultsWarning, match="its lr 42.0 is not its configuration's 0.3"):
+    with pytest.warns(jd.ResultsWarning, match="results.jsonl, line 1: lr 42.0 is not its configuration's 0.3; ignoring the line"):
         again = jd.sweep(data=data, lr=[0.3, 1.0], epochs=1, out_dir=out)
     assert again.trained == 1 and [r["lr"] for r in again.records] == [0.3, 1.0]
     assert [r["test_accuracy"] for r in again.records] == [r["test_accuracy"] for r in first.records]
