@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
                        overwrite=args.overwrite, progress=True)
     except KeyboardInterrupt as stop:
-        print(_interrupted_message(args, getattr(stop, "saved_epochs", 0)), file=sys.stderr)
+        interrupts.say(_interrupted_message(args, getattr(stop, "saved_epochs", 0)))
         return EXIT_INTERRUPTED
     if result.diverged:
         epoch = result.history[-1]["epoch"]
@@ -276,15 +276,14 @@ def run_sweep(args: argparse.Namespace) -> int:
                        max_group_size=args.group_size, exact=args.exact, progress=True, keep=args.keep)
     except KeyboardInterrupt:
         if writer and SweepFolder(args.out).saved_grid() is None:
-            print("interrupted before the sweep started; nothing is saved, run the same command again",
-                  file=sys.stderr)
+            interrupts.say("interrupted before the sweep started; nothing is saved, run the same command again")
         elif writer:
             done = SweepFolder(args.out).finished_count()
             command = ["jaxdigits", "sweep", "--out", str(args.out)]
             if args.data_dir is not None:
                 command += ["--data-dir", str(args.data_dir)]
-            print(f"interrupted; {done} of {len(grid.configs())} configurations are saved in "
-                  f"{args.out / 'results.jsonl'}: resume with `{shlex.join(command)}`", file=sys.stderr)
+            interrupts.say(f"interrupted; {done} of {len(grid.configs())} configurations are saved in "
+                           f"{args.out / 'results.jsonl'}: resume with `{shlex.join(command)}`")
         return EXIT_INTERRUPTED
     if writer:
         print(format_table(result.records, limit=args.top))
@@ -317,12 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with interrupts.handled():
         code = run_command(argv)
         if argv is None:
-            interrupts.exit_on_signal(None if code == EXIT_INTERRUPTED else FINISHED_LINE)
+            interrupts.exit_on_signal(FINISHED_LINE)
         if code != EXIT_INTERRUPTED and interrupts.requested():  # asked after the last safe point
-            print(FINISHED_LINE, file=sys.stderr)
+            interrupts.say(FINISHED_LINE)
             code = EXIT_INTERRUPTED
-            if argv is None:
-                interrupts.exit_on_signal(None)
     return code
 
 
@@ -333,7 +330,7 @@ def run_command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if interrupts.requested():  # a signal while starting up
-        print("interrupted before it started; nothing was written", file=sys.stderr)
+        interrupts.say("interrupted before it started; nothing was written")
         return EXIT_INTERRUPTED
     try:
         with warnings.catch_warnings():
@@ -345,7 +342,7 @@ def run_command(argv: Sequence[str] | None) -> int:
         print(f"jaxdigits {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(interrupted_line(args), file=sys.stderr)
+        interrupts.say(interrupted_line(args))
         return EXIT_INTERRUPTED
 
 

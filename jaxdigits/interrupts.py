@@ -24,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODE = 130
+AGAIN = "interrupted again: stopped at once; what was saved before is kept"
 _STOP_WATCHING = b"\0"  # no signal has number 0
 
 
@@ -41,13 +43,15 @@ class _State:
 
     def __init__(self):
         self.requested = threading.Event()
-        self.guard = threading.Lock()
+        self.guard = threading.RLock()  # re-entered by a handler that runs inside say()
         self.active = False  # handled() is in force
         self.deferring = 0  # depth of deferred() blocks (main thread only)
         self.stop_pending = False  # a second signal came during a deferred write
         self.cleanups: list[Callable[[], None]] = []
         self.late = False  # exit_on_signal() has taken over the handlers
         self.late_line: str | None = None
+        self.reported = False  # say() has printed the line that ends the command
+        self.saying = False  # say() is printing it
 
 
 _state = _State()
@@ -76,19 +80,29 @@ def _note(signum, frame) -> None:
     _state.requested.set()
 
 
+def say(line: str) -> None:
+    """Print the one line that says how the command was interrupted (to stderr); a stop at once
+    that comes after it prints nothing more, and one that comes first keeps it from printing."""
+    with _state.guard:
+        _state.saying = True
+        print(line, file=sys.stderr, flush=True)
+        _state.reported, _state.saying = True, False
+
+
 def _stop_now() -> None:
-    """The second signal: clean up what is registered, say so in one line and exit 130 at once
-    (or, during a deferred write, right after it)."""
+    """The second signal: clean up what is registered, say so in one line (unless the command
+    has said how it ended) and exit 130 at once (or, during a deferred write, right after it)."""
     with _state.guard:
         if _state.deferring:
             _state.stop_pending = True
             return
-    for cleanup in list(_state.cleanups):
-        with contextlib.suppress(Exception):
-            cleanup()
-    with contextlib.suppress(OSError):  # below a progress bar's line, where there is one
-        os.write(2, (b"\n" if os.isatty(2) else b"") + b"interrupted again: stopped at once; what was saved before is kept\n")
-    os._exit(EXIT_CODE)
+        for cleanup in list(_state.cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+        if not _state.reported:
+            with contextlib.suppress(OSError):  # below a progress bar's line, where there is one
+                os.write(2, (b"\n" if os.isatty(2) else b"") + AGAIN.encode() + b"\n")
+        os._exit(EXIT_CODE)
 
 
 def _watch(read_fd: int) -> None:
@@ -123,7 +137,7 @@ def handled() -> Iterator[None]:
     old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     watcher = threading.Thread(target=_watch, args=(read_fd,), name="jaxdigits-interrupts", daemon=True)
     _state.requested.clear()
-    _state.active, _state.stop_pending, _state.late = True, False, False
+    _state.active, _state.stop_pending, _state.late, _state.reported = True, False, False, False
     watcher.start()
     try:
         yield
@@ -140,11 +154,11 @@ def handled() -> Iterator[None]:
         os.close(write_fd)
 
 
-def exit_on_signal(line: str | None) -> None:
+def exit_on_signal(line: str) -> None:
     """From now until the process ends, Ctrl-C or SIGTERM exits 130 at once, after printing
-    ``line`` (if any): for the moments after a command has finished, while the interpreter shuts
-    down, so that a late signal neither kills the process with another exit code nor is lost.
-    Called again, it only changes ``line``; ``handled()`` leaves these handlers in place."""
+    ``line`` unless ``say()`` has printed one: for the moments after a command has finished,
+    while the interpreter shuts down, so that a late signal neither kills the process with
+    another exit code nor is lost. ``handled()`` leaves these handlers in place."""
     _state.late_line = line
     if threading.current_thread() is threading.main_thread() and not _state.late:
         for s in SIGNALS:
@@ -154,9 +168,13 @@ def exit_on_signal(line: str | None) -> None:
 
 
 def _stop_late(signum, frame) -> None:
-    with contextlib.suppress(OSError):
-        os.write(2, f"{_state.late_line}\n".encode() if _state.late_line else b"")
-    os._exit(EXIT_CODE)
+    with _state.guard:
+        if _state.saying:
+            return  # it came while say() prints the line: the command ends with 130 anyway
+        if _state.late_line and not _state.reported:
+            with contextlib.suppress(OSError):
+                os.write(2, f"{_state.late_line}\n".encode())
+        os._exit(EXIT_CODE)
 
 
 @contextlib.contextmanager
