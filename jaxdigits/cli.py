@@ -309,10 +309,10 @@ FINISHED_LINE = "interrupted after the work was done; its output is complete"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jaxdigits`` console script. Ctrl-C and SIGTERM ask the command to
-    stop at its next safe point (``interrupts``): exit 130 with one line; a second one stops at
-    once. On the process's own command line (``argv`` None) a signal that comes after the work,
-    while Python shuts down, still exits 130 at once."""
+    """Run the command line ``argv`` (default: the process's own, see ``entry``); its exit code.
+    Ctrl-C and SIGTERM ask the command to stop at its next safe point (``interrupts``): exit 130
+    with one line; a second one stops at once. With the process's own command line (``argv``
+    None) a signal that comes after the work, while Python shuts down, still exits 130 at once."""
     with interrupts.handled():
         code = run_command(argv)
         if argv is None:

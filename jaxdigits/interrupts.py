@@ -13,6 +13,9 @@ A second signal stops the process at once with exit code 130, even while the mai
 inside a long compiled computation (a watcher thread sees it through ``signal.set_wakeup_fd``);
 writes held in ``deferred()`` finish first, so the files of one save still describe one moment.
 
+The line that says how a command ended goes through ``say()``, so a second signal never adds
+another; ``exit_on_signal()`` covers the moments after the work, while Python shuts down.
+
 Outside ``handled()`` (jaxdigits used as a library) Python's own behaviour stays: Ctrl-C raises
 ``KeyboardInterrupt`` where it lands, ``deferred()`` holds it off during a save, and ``check()``
 does nothing. A signal that the parent process set to be ignored (``nohup``, a background job)
@@ -113,6 +116,8 @@ def _watch(read_fd: int) -> None:
         try:
             data = os.read(read_fd, 64)
         except OSError:
+            return
+        if not data:  # the pipe was closed
             return
         for byte in data:
             if byte == _STOP_WATCHING[0]:
