@@ -210,7 +210,7 @@ EXTRA_FIELDS: dict[str, Any] = {
 }
 COUNT_LIMIT = 2**53  # beyond this a JSON number is no longer an exact integer
 KIND_TEXT = {ACCURACY: "an accuracy (a number from 0 to 1)", COST: "a finite number", SECONDS: "a number of seconds (finite, >= 0)",
-             EPOCH: "an epoch number (1 to the record's epochs)", COUNT: "a whole number >= 0", FLAG: "true or false"}
+             EPOCH: "a whole number of epochs (0 to the record's epochs)", COUNT: "a whole number >= 0", FLAG: "true or false"}
 
 
 def _value_fits(kind: str, value: Any, epochs: int) -> bool:
