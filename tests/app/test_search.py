@@ -205,3 +205,25 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_aske
     assert study.trials[orphan.number].state == TrialState.FAIL
     retried = [t for t in finished(study) if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retried) == 1 and retried[0].params == orphan.params
+
+
+def test_an_edited_trial_record_is_refused_in_one_line(tmp_path, capsys):
+    import json
+    import sqlite3
+
+    from jaxdigits import cli
+
+    search(SPACE, DATA, trials=2, epochs=1, validation=100, population=2, sampler="random", pruner="none",
+           out_dir=tmp_path, base=BASE)
+    with sqlite3.connect(tmp_path / "study.db") as db:  # what a hand or another tool could do to the store
+        trial_id, text = db.execute("SELECT trial_id, value_json FROM trial_user_attributes WHERE key = 'record' "
+                                    "ORDER BY trial_id LIMIT 1").fetchone()
+        record = {**json.loads(text), "selected_validation_accuracy": -5}
+        db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND key = 'record'",
+                   (json.dumps(record), trial_id))
+    assert cli.main(["search-report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"jaxdigits search-report: error: study 'jaxdigits', trial {record['trial']}: its record's "
+                          "selected_validation_accuracy is -5, not an accuracy")
+    assert not (tmp_path / "report").exists()
