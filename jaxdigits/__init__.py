@@ -34,7 +34,7 @@ _PUBLIC = {
     **dict.fromkeys(('DeviceWarning', 'use_cpu_cores'), "jaxdigits.devices"),
     **dict.fromkeys(('frame_digit', 'load_digit_image'), "jaxdigits.images"),
     **dict.fromkeys(('load_run',), "jaxdigits.loader"),
-    **dict.fromkeys(('aggregate', 'format_table', 'run_record'), "jaxdigits.records"),
+    **dict.fromkeys(('RecordError', 'aggregate', 'format_table', 'run_record'), "jaxdigits.records"),
     **dict.fromkeys(('report', 'sweep_report'), "jaxdigits.reports"),
     **dict.fromkeys(('ResultsWarning', 'read_results'), "jaxdigits.sweep_folder"),
     **dict.fromkeys(('SweepResult', 'load_grid', 'sweep'), "jaxdigits.sweeps"),

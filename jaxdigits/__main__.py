@@ -1,7 +1,5 @@
 """``python -m jaxdigits`` runs the command line."""
 
-import sys
+from jaxdigits.cli import entry
 
-from jaxdigits.cli import main
-
-sys.exit(main())
+entry()

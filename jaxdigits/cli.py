@@ -7,12 +7,16 @@ compiles), 3 training diverged, 130 interrupted (Ctrl-C or SIGTERM; finished wor
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import shlex
-import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
+from jaxdigits import interrupts
 from jaxdigits.cli_flags import add_config_flags, add_data_flag, config_overrides, out_folder, positive, seed_flag
 from jaxdigits.core.errors import ConfigError, JaxdigitsError
 
@@ -112,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(config, data_dir=args.data_dir, out_dir=args.out, resume=args.resume,
                        overwrite=args.overwrite, progress=True)
     except KeyboardInterrupt as stop:
-        print(_interrupted_message(args, getattr(stop, "saved_epochs", 0)), file=sys.stderr)
+        interrupts.say(_interrupted_message(args, getattr(stop, "saved_epochs", 0)))
         return EXIT_INTERRUPTED
     if result.diverged:
         epoch = result.history[-1]["epoch"]
@@ -272,15 +276,14 @@ def run_sweep(args: argparse.Namespace) -> int:
                        max_group_size=args.group_size, exact=args.exact, progress=True, keep=args.keep)
     except KeyboardInterrupt:
         if writer and SweepFolder(args.out).saved_grid() is None:
-            print("interrupted before the sweep started; nothing is saved, run the same command again",
-                  file=sys.stderr)
+            interrupts.say("interrupted before the sweep started; nothing is saved, run the same command again")
         elif writer:
             done = SweepFolder(args.out).finished_count()
             command = ["jaxdigits", "sweep", "--out", str(args.out)]
             if args.data_dir is not None:
                 command += ["--data-dir", str(args.data_dir)]
-            print(f"interrupted; {done} of {len(grid.configs())} configurations are saved in "
-                  f"{args.out / 'results.jsonl'}: resume with `{shlex.join(command)}`", file=sys.stderr)
+            interrupts.say(f"interrupted; {done} of {len(grid.configs())} configurations are saved in "
+                           f"{args.out / 'results.jsonl'}: resume with `{shlex.join(command)}`")
         return EXIT_INTERRUPTED
     if writer:
         print(format_table(result.records, limit=args.top))
@@ -288,17 +291,47 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def interrupted_line(args: argparse.Namespace) -> str:
+    """The one line printed when Ctrl-C or SIGTERM stops a command (``train`` and ``sweep`` say
+    what they kept themselves)."""
+    report_dirs = {"report": lambda: args.out, "sweep-report": lambda: args.out or args.sweep_dir / "report",
+                   "search-report": lambda: args.report or args.out_dir / "report"}
+    if args.command in report_dirs:
+        return f"interrupted; no report written, {report_dirs[args.command]()} is as it was before; run the same command again"
+    if args.command == "search":
+        return "interrupted; the study keeps every finished trial: run the same command again to resume it"
+    if args.command == "serve":
+        return "interrupted; the server stopped"
+    return "interrupted"
+
+
+FINISHED_LINE = "interrupted after the work was done; its output is complete"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jaxdigits`` console script."""
+    """Run the command line ``argv`` (default: the process's own, see ``entry``); its exit code.
+    Ctrl-C and SIGTERM ask the command to stop at its next safe point (``interrupts``): exit 130
+    with one line; a second one stops at once. With the process's own command line (``argv``
+    None) a signal that comes after the work, while Python shuts down, still exits 130 at once."""
+    with interrupts.handled():
+        code = run_command(argv)
+        if argv is None:
+            interrupts.exit_on_signal(FINISHED_LINE)
+        if code != EXIT_INTERRUPTED and interrupts.requested():  # asked after the last safe point
+            interrupts.say(FINISHED_LINE)
+            code = EXIT_INTERRUPTED
+    return code
+
+
+def run_command(argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run the command; its exit code (see the module docstring)."""
     import warnings
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # a polite kill stops as Ctrl-C does, keeping finished work
+    if interrupts.requested():  # a signal while starting up
+        interrupts.say("interrupted before it started; nothing was written")
+        return EXIT_INTERRUPTED
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # every warning is news to the person at the terminal
@@ -309,9 +342,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxdigits {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        interrupts.say(interrupted_line(args))
         return EXIT_INTERRUPTED
 
 
+def entry() -> NoReturn:
+    """The process's own command line (``python -m jaxdigits``, the ``jaxdigits`` script): ``main``,
+    then what Python runs at exit (other threads joined, ``atexit`` functions), then the exit,
+    skipping only Python's teardown of every module: with JAX loaded that takes a third of a
+    second during which Python no longer handles signals, so a Ctrl-C or SIGTERM then would kill
+    the process with another exit code. This way one up to the very end exits 130."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's --help and its errors, already printed
+        if not isinstance(exc.code, (int, type(None))):
+            raise
+        code = exc.code or 0
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -39,6 +39,7 @@ from jaxdigits.core.group import (MESH_AXIS, exact_group_epoch, fetch_global, gr
 from jaxdigits.core.metrics import chance_level, chunked_mean, eval_chunks, make_score, run_status
 from jaxdigits.core.model import Network
 from jaxdigits.core.programs import compiled, jitted
+from jaxdigits.interrupts import check
 from jaxdigits.records import run_record
 
 # The splits whose accuracy a history entry holds, in its key order.
@@ -280,6 +281,7 @@ def run_group(configs: Sequence[TrainConfig], data: DeviceData, sink: Sink = NO_
     states, progress = trainer.states, Standing.start(np.shape(put_flags(trainer, True)), start.history)
     best = start.best if start.best is not None else states.params
     for epoch in range(len(start.history) + 1, first.epochs + 1):
+        check()  # Ctrl-C or SIGTERM stops here, between epochs (see ``interrupts``)
         training = progress.training()
         epoch_began = time.perf_counter()
         states, alive, costs = trainer.epoch(states, put_flags(trainer, training), epoch)

@@ -4,7 +4,8 @@
   or the new one, never a mix. ``write_json`` writes strict JSON through it; ``append_lines``
   appends JSON lines durably. In every JSON file jaxdigits writes, a NaN or infinite number is
   ``null`` (strict JSON has neither).
-- ``interrupts_deferred``: Ctrl-C and SIGTERM wait while the files of one save are written.
+- ``staged_output``: a report's files are written into a hidden folder inside ``--out`` and
+  moved into place together once all are written; an error or Ctrl-C leaves ``--out`` as it was.
 - ``read_regular_file``: a user-named file is read only if it is a regular file (a FIFO would
   hang, ``/dev/zero`` never ends), with one clear error otherwise.
 - ``claim_folder``: an ``--out`` folder is claimed with a lock file holding the owner's pid, so
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import platform
-import signal
+import shutil
 import stat
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO, Iterable
 
 
 from jaxdigits.core.errors import CheckpointError, JaxdigitsError, RunFolderError
+from jaxdigits.interrupts import cleanup_on_stop, deferred
 
 LOCK_FILE = ".jaxdigits.lock"
 
@@ -142,37 +144,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-_deferring = threading.local()
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Hold Ctrl-C (SIGINT) and SIGTERM off while a group of files is written; a signal that
-    arrives meanwhile takes effect right after, so the files of one save all describe the same
-    moment. Outside the main thread (where Python cannot catch signals) this does nothing."""
-    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
-        yield
-        return
-    received: list[int] = []
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
-    _deferring.active = True
-    try:
-        yield
-    finally:
-        _deferring.active = False
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    for signum in dict.fromkeys(received):
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, None)
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(signum)
-        elif handler != signal.SIG_IGN:
-            raise KeyboardInterrupt
 
 
 _SPECIAL_FILES = (
@@ -455,3 +426,55 @@ def output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     except OSError as exc:
         raise RunFolderError(f"{path}: cannot use as {flag} ({exc.strerror or exc})") from None
     return path
+
+
+# --- a report's files, all or none ------------------------------------------------------------
+
+STAGE_PREFIX = ".jaxdigits-staging."
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | os.PathLike, flag: str = "--out"):
+    """A hidden folder inside ``out_dir`` (checked and created first, see ``output_folder``) to
+    write a set of files into. When the block ends without error the files are moved into
+    ``out_dir``, with Ctrl-C and SIGTERM held off, so the set appears whole; on an error or an
+    interrupt the hidden folder is removed, and ``out_dir`` too when this made it and it is
+    empty: ``out_dir`` holds the old set or the new one, never part of one. Yields the hidden
+    folder. Hidden folders that killed processes left behind are removed on the next use."""
+    existed = Path(out_dir).is_dir()
+    folder = output_folder(out_dir, flag)
+    _remove_dead_stages(folder)
+    try:
+        stage = Path(tempfile.mkdtemp(dir=folder, prefix=f"{STAGE_PREFIX}{os.getpid()}."))
+    except OSError as exc:
+        raise RunFolderError(f"{folder}: cannot use as {flag} ({exc.strerror or exc})") from None
+
+    def discard() -> None:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+
+    try:
+        with cleanup_on_stop(discard):
+            yield stage
+    except BaseException:
+        discard()
+        raise
+    with deferred():
+        for path in sorted(stage.iterdir()):
+            try:
+                os.replace(path, folder / path.name)
+            except OSError as exc:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise CheckpointError(f"{folder / path.name}: cannot write ({exc.strerror or exc})") from None
+        stage.rmdir()
+    _fsync_folder(folder)
+
+
+def _remove_dead_stages(folder: Path) -> None:
+    """Remove staging folders of processes that no longer run (killed with ``kill -9``)."""
+    for leftover in folder.glob(f"{STAGE_PREFIX}*"):
+        pid = leftover.name[len(STAGE_PREFIX):].split(".")[0]
+        if leftover.is_dir() and not (pid.isdigit() and 0 < int(pid) < PID_LIMIT and _pid_alive(int(pid))):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -15,21 +15,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 import types
 from typing import Any, Sequence
 
-from jaxdigits.core.config import FIELDS, TrainConfig
+from jaxdigits.core.config import FIELDS, TrainConfig, coerce
 from jaxdigits.core.dataset import Dataset
+from jaxdigits.core.errors import ConfigError, JaxdigitsError
+from jaxdigits.core.metrics import STATUSES
 
 def config_id(config: TrainConfig) -> str:
     """A stable 16-hex-digit name for a configuration (same config, same id, any run). Your own
     cost, optimizer or penalty counts by its code as well as its name (``piece_digest``), so a
     folder resumed with another function of the same name trains it anew."""
-    values = config.to_dict()
-    values.update({f"{name}_code": piece_digest(getattr(config, name)) for name in ("cost", "optimizer", "penalty")
-                   if getattr(config, name) is not None and not isinstance(getattr(config, name), str)})
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps({**config.to_dict(), **piece_codes(config)}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PIECES = ("cost", "optimizer", "penalty")
+
+
+def piece_codes(config: TrainConfig) -> dict[str, str]:
+    """``{"cost_code": digest, ...}`` for each of your own pieces in ``config`` (none for names)."""
+    return {f"{name}_code": piece_digest(getattr(config, name)) for name in PIECES
+            if getattr(config, name) is not None and not isinstance(getattr(config, name), str)}
 
 
 def piece_digest(piece: Any) -> str:
@@ -72,6 +81,7 @@ def run_record(config: TrainConfig, history: Sequence[dict], status: str, **extr
     diverged = next((h["epoch"] for h in history if h.get("diverged")), None)
     return {
         **config.to_dict(),
+        **piece_codes(config),
         "id": config_id(config),
         "status": status,
         "train_cost": last.get("train_cost"),
@@ -217,3 +227,137 @@ def aggregate(records: Sequence[dict], by: Sequence[str] = ("hidden",)) -> list[
             row[f"{metric}_min"] = min(v) if v else None
             row[f"{metric}_max"] = max(v) if v else None
     return list(rows.values())
+
+
+# --- checking a stored record -----------------------------------------------------------------
+
+
+class RecordError(JaxdigitsError):
+    """A stored result record (a line of a sweep's ``results.jsonl``, a search trial's record)
+    that breaks the record schema; the message names where it is, the field and what to do."""
+
+
+ACCURACY, COST, SECONDS, EPOCH, COUNT, FLAG = "accuracy", "cost", "seconds", "epoch", "count", "flag"
+# Every field ``run_record`` writes (besides the config fields), with its kind; ``[kind]`` is a
+# per-epoch curve of that kind (at most ``epochs`` entries), ``None`` allowed where a number may be.
+RESULT_FIELDS: dict[str, Any] = {
+    "train_cost": COST, "train_accuracy": ACCURACY, "test_accuracy": ACCURACY, "best_test_accuracy": ACCURACY,
+    "best_epoch": EPOCH, "train_cost_curve": [COST], "test_accuracy_curve": [ACCURACY],
+    "validation_accuracy": ACCURACY, "best_validation_accuracy": ACCURACY, "validation_accuracy_curve": [ACCURACY],
+    "validation_cost_curve": [COST], "selected_epoch": EPOCH, "selected_validation_accuracy": ACCURACY,
+    "selected_test_accuracy": ACCURACY, "epochs_completed": EPOCH, "diverged_epoch": EPOCH, "seconds": SECONDS,
+}
+# Fields a record may carry besides (how it trained); any other field is ignored.
+EXTRA_FIELDS: dict[str, Any] = {
+    "group_size": COUNT, "group_seconds": SECONDS, "compile_seconds": SECONDS, "devices": COUNT, "exact": FLAG,
+    "train_examples": COUNT, "validation_examples": COUNT, "test_examples": COUNT, "trial": COUNT, "pruned": FLAG,
+    "sizes": [COUNT], "train_objective": COST,
+}
+COUNT_LIMIT = 2**53  # beyond this a JSON number is no longer an exact integer
+KIND_TEXT = {ACCURACY: "an accuracy (a number from 0 to 1)", COST: "a finite number", SECONDS: "a number of seconds (finite, >= 0)",
+             EPOCH: "a whole number of epochs (0 to the record's epochs)", COUNT: "a whole number >= 0", FLAG: "true or false"}
+
+
+def _value_fits(kind: str, value: Any, epochs: int) -> bool:
+    """Whether ``value`` is of ``kind`` (``None`` always is: a figure a run did not measure)."""
+    if value is None:
+        return True
+    if kind == FLAG:
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if kind in (EPOCH, COUNT):
+        return isinstance(value, int) and 0 <= value <= (epochs if kind == EPOCH else COUNT_LIMIT)
+    return {ACCURACY: 0 <= value <= 1, SECONDS: value >= 0}.get(kind, True)
+
+
+def _field_problem(name: str, kind: Any, value: Any, epochs: int) -> str | None:
+    """What is wrong with field ``name`` of kind ``kind`` (see ``RESULT_FIELDS``), or ``None``."""
+    if isinstance(kind, list):
+        if not isinstance(value, list) and not (value is None and name == "sizes"):
+            return f"{name} is not a list"
+        if name != "sizes" and len(value) > epochs:
+            return f"{name} has {len(value)} entries, more than the record's {epochs} epochs"
+        bad = next((v for v in value or () if not _value_fits(kind[0], v, epochs) or (v is None and name == "sizes")), _FITS)
+        return None if bad is _FITS else f"{name} holds {_shown(bad)}, which is not {KIND_TEXT[kind[0]]}"
+    if not _value_fits(kind, value, epochs):
+        return f"{name} is {_shown(value)}, not {KIND_TEXT[kind]}"
+    return None
+
+
+_FITS = object()
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a message shows it: JSON, cut to 40 characters."""
+    text = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _config_problem(record: dict) -> str | None:
+    """The first config field of ``record`` that is missing or not a valid value for it."""
+    for name, setting in FIELDS.items():
+        if name not in record:
+            return f"{name} is missing"
+        value = record[name]
+        if setting.kind in ("int", "float", "widths"):
+            try:
+                coerce(name, value)
+            except ConfigError as exc:
+                return f"{name} {str(exc).removeprefix(f'{name}: ')}"
+        elif not (isinstance(value, str) or (value is None and setting.kind == "function")):
+            return f"{name} is {_shown(value)}, not a name"
+    return None
+
+
+def record_id(record: dict) -> str:
+    """The id of the configuration a record's config fields (and your own pieces' codes)
+    describe (``config_id`` of it)."""
+    codes = {f"{name}_code": record[f"{name}_code"] for name in PIECES if f"{name}_code" in record}
+    return hashlib.sha256(json.dumps({**{name: record[name] for name in FIELDS}, **codes}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def record_problem(record: Any, configurations: dict[str, dict | None] | None = None) -> str | None:
+    """What is wrong with a stored record, as ``"<field> <what>"``, or ``None`` when nothing is.
+
+    Every field of the schema is checked: the config fields as ``TrainConfig`` checks them, the
+    status, every accuracy in [0, 1], every number finite, epochs within the run's, curves no
+    longer than its epochs; the ``id`` must be that of the config fields (an edited field breaks
+    it). With ``configurations`` (config id -> that configuration's fields, or ``None`` where not
+    known), the record's configuration must be one of them, and a field that differs is named.
+    """
+    if not isinstance(record, dict):
+        return f"record is {_shown(record)}, not a JSON object"
+    problem = _config_problem(record)
+    if problem:
+        return problem
+    epochs = record["epochs"]
+    if not (isinstance(record.get("id"), str) and len(record["id"]) == 16 and all(c in "0123456789abcdef" for c in record["id"])):
+        return f"id is {_shown(record.get('id'))}, not a configuration id (16 hex digits)"
+    if record.get("status") not in STATUSES:
+        return f"status is {_shown(record.get('status'))}, not one of {', '.join(STATUSES)}"
+    for name, kind in RESULT_FIELDS.items():
+        if name not in record:
+            return f"{name} is missing"
+        problem = _field_problem(name, kind, record[name], epochs)
+        if problem:
+            return problem
+    for name, kind in EXTRA_FIELDS.items():
+        problem = _field_problem(name, kind, record[name], epochs) if name in record else None
+        if problem:
+            return problem
+    return _identity_problem(record, configurations)
+
+
+def _identity_problem(record: dict, configurations: dict[str, dict | None] | None) -> str | None:
+    """Whether ``record``'s id is its config fields' and, given ``configurations``, one of them."""
+    if configurations is not None:
+        if record["id"] not in configurations:
+            return f"id {record['id']} is not one of the sweep's configurations"
+        expected = configurations[record["id"]] or {}
+        for name, value in expected.items():
+            if record[name] != value:  # (0 and 0.0 compare equal here; the id below tells them apart)
+                return f"{name} {_shown(record[name])} is not its configuration's {_shown(value)}"
+    if record_id(record) != record["id"]:
+        return f"id {record['id']} is not the id of the record's config fields (one of them was edited)"
+    return None

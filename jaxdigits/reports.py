@@ -15,6 +15,7 @@ self-contained ``report.html`` with the figures embedded as data URIs.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import io
@@ -22,14 +23,15 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdigits.core.errors import ConfigError, RunFolderError
-from jaxdigits.files import json_safe, write_atomic, write_json
+from jaxdigits.files import json_safe, staged_output, write_atomic, write_json
+from jaxdigits.interrupts import check
 from jaxdigits.core.metrics import analyse, mcnemar, robustness, wilson_interval
 from jaxdigits.records import ranking_metric
 from jaxdigits.core.transforms import ROBUSTNESS
@@ -57,6 +59,7 @@ def measure(network: Network, images: np.ndarray, labels: np.ndarray, name: str 
     check_images(network, images, "report")
     check_labels(network, images, labels, "report")
     x, y = jnp.asarray(images, network.dtype), jnp.asarray(labels, jnp.int32)
+    check()  # Ctrl-C or SIGTERM stops here, and before the robustness curves (see ``interrupts``)
     numbers = jax.tree.map(np.asarray, analyse(network, x, y))
     n = len(labels)
     pairs = [
@@ -82,8 +85,14 @@ def measure(network: Network, images: np.ndarray, labels: np.ndarray, name: str 
         "calibration": {"bins": bins, "edges": np.linspace(0, 1, bins + 1).tolist(),
                         **{k: np.asarray(v).tolist() for k, v in numbers["calibration"].items()}},
         "rejection": {k: np.asarray(v).tolist() for k, v in numbers["rejection"].items()},
-        "robustness": robustness(network, x, y, seed, strengths),
+        "robustness": robustness_curves(network, x, y, seed, strengths),
     }
+
+
+def robustness_curves(network: Network, x, y, seed: int, strengths) -> dict[str, dict]:
+    """``metrics.robustness`` after a safe point (``interrupts.check``)."""
+    check()
+    return robustness(network, x, y, seed, strengths)
 
 
 def report(run: Any, data=None, *, data_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
@@ -93,27 +102,29 @@ def report(run: Any, data=None, *, data_dir: str | os.PathLike | None = None, ou
 
     ``run`` and ``compare`` are run folders, params files or ``Network``s; with ``compare`` both
     are measured on the same images and drawn side by side. With ``out_dir``, writes
-    ``report.json``, one PNG per figure (``FIGURES``) and ``report.html``. Returns the report:
+    ``report.json``, one PNG per figure (``FIGURES``) and ``report.html``, all appearing there
+    together once written (an error or Ctrl-C leaves ``out_dir`` as it was). Returns the report:
     ``{"networks": [one dict of numbers per network (see ``measure``)], "dataset", "seed",
     "figures"}``.
     """
-    from jaxdigits.files import output_folder
     from jaxdigits.loader import load_run
 
-    out = output_folder(out_dir) if out_dir is not None else None  # before the minutes of measuring
-    network, _, data, _ = load_run(run, data, data_dir)
-    networks = [(network, run)]
-    if compare is not None:
-        try:
-            networks.append((load_run(compare, data).network, compare))
-        except ConfigError as exc:
-            raise ConfigError(f"--compare: {exc}") from None
-    results = [measure(n, data.test_images, data.test_labels, network_name(n, s), seed, strengths) for n, s in networks]
-    result = {"dataset": data.name, "seed": seed, "networks": results, "figures": {}}
-    if compare is not None:
-        result["comparison"] = compare_networks(networks[0][0], networks[1][0], data.test_images, data.test_labels)
-    if out is not None:
-        result["figures"] = write_report(result, data.test_images, out)
+    # --out is checked before the minutes of measuring; the files appear there together, or not at all
+    with staged_output(out_dir) if out_dir is not None else contextlib.nullcontext() as stage:
+        network, _, data, _ = load_run(run, data, data_dir)
+        networks = [(network, run)]
+        if compare is not None:
+            try:
+                networks.append((load_run(compare, data).network, compare))
+            except ConfigError as exc:
+                raise ConfigError(f"--compare: {exc}") from None
+        results = [measure(n, data.test_images, data.test_labels, network_name(n, s), seed, strengths) for n, s in networks]
+        result = {"dataset": data.name, "seed": seed, "networks": results, "figures": {}}
+        if compare is not None:
+            check()
+            result["comparison"] = compare_networks(networks[0][0], networks[1][0], data.test_images, data.test_labels)
+        if stage is not None:
+            result["figures"] = write_report(result, data.test_images, stage)
     return result
 
 
@@ -383,13 +394,28 @@ def robustness_figure(result: dict):
 FIGURES = ("confusion", "robustness", "rejection", "calibration", "pairs", "mistakes")
 
 
+def figure_makers(result: dict, images: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """``{name: function drawing the figure}`` for every figure of ``FIGURES``."""
+    return {
+        "confusion": lambda: confusion_figure(result), "robustness": lambda: robustness_figure(result),
+        "rejection": lambda: rejection_figure(result), "calibration": lambda: calibration_figure(result),
+        "pairs": lambda: pairs_figure(result, images), "mistakes": lambda: mistakes_figure(result, images),
+    }
+
+
 def report_figures(result: dict, images: np.ndarray) -> dict[str, Any]:
     """``{name: matplotlib figure}`` for every figure of ``FIGURES``."""
-    return {
-        "confusion": confusion_figure(result), "robustness": robustness_figure(result),
-        "rejection": rejection_figure(result), "calibration": calibration_figure(result),
-        "pairs": pairs_figure(result, images), "mistakes": mistakes_figure(result, images),
-    }
+    return {name: make() for name, make in figure_makers(result, images).items()}
+
+
+def rendered(makers: dict[str, Callable[[], Any]]) -> dict[str, bytes]:
+    """Each figure drawn and turned into PNG bytes (``png_bytes``) in turn, after a safe point
+    (``interrupts.check``) each: Ctrl-C waits for one figure at most."""
+    pngs = {}
+    for name, make in makers.items():
+        check()
+        pngs[name] = png_bytes(make())
+    return pngs
 
 
 # --- pages ----------------------------------------------------------------------------------
@@ -476,7 +502,8 @@ def write_report(result: dict, images: np.ndarray, out: Path) -> dict[str, str]:
     """Write every figure's PNG, ``report.json`` and ``report.html`` into ``out``; returns the
     figures' file names by figure."""
     out.mkdir(parents=True, exist_ok=True)
-    pngs = {name: png_bytes(fig) for name, fig in report_figures(result, np.asarray(images)).items()}
+    pngs = rendered(figure_makers(result, np.asarray(images)))
+    check()
     files = {}
     for name, png in pngs.items():
         write_atomic(out / f"{name}.png", png)
@@ -523,22 +550,29 @@ def varying_axes(records: Sequence[dict]) -> list[str]:
     return sorted((n for n, c in counts.items() if c > 1), key=lambda n: (-counts[n], order.index(n)))
 
 
-def choose_axes(records: Sequence[dict], x: str | None = None, y: str | None = None) -> tuple[str, str | None]:
-    """The heatmap's axes: ``x`` and ``y`` as named, else the varying axes with the most values
-    (``y`` is ``None`` when fewer than two vary; ``x`` falls back to ``hidden``)."""
-    from jaxdigits.core.config import FIELDS
-
-    for flag, name in (("--x", x), ("--y", y)):
-        if name is not None and name not in FIELDS:
-            raise ConfigError(f"{flag} {name!r} is not a config field; the axes that vary here: "
-                              f"{', '.join(varying_axes(records)) or 'none (only seeds)'}")
+def choose_axes(records: Sequence[dict], x: str | None = None, y: str | None = None,
+                group: str | None = None) -> tuple[str, str | None, str]:
+    """The heatmap's axes and the curves' colouring: ``x``, ``y`` and ``group`` as named (each
+    checked to be a config field), else the varying axes with the most values (``y`` is ``None``
+    when fewer than two vary; ``x`` falls back to ``hidden``; ``group`` to ``x``)."""
+    for flag, name in (("--x", x), ("--y", y), ("--group", group)):
+        check_axis(flag, name, records)
     if x is not None and x == y:
         raise ConfigError(f"--x and --y are both {x!r}; name two different axes")
     free = [a for a in varying_axes(records) if a not in (x, y)]
     x = x or (free.pop(0) if free else "hidden")
     if y is None and free:
         y = free.pop(0)
-    return x, y
+    return x, y, group or x
+
+
+def check_axis(flag: str, name: str | None, records: Sequence[dict]) -> None:
+    """Refuse an axis that is not a config field, in one line listing the allowed ones."""
+    from jaxdigits.core.config import FIELDS
+
+    if name is not None and name not in FIELDS:
+        raise ConfigError(f"{flag} {name!r} is not a config field; give one of: {', '.join(FIELDS)} (those that "
+                          f"vary here: {', '.join(varying_axes(records)) or 'none, only seeds'})")
 
 
 def _status_marks(row: dict) -> str:
@@ -692,10 +726,12 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
 
 
 def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None]:
-    """``(records, problems, planned)`` of the sweep in ``folder``, refused in one line when it
-    is no sweep, has nothing finished, or ``out_dir`` holds a run or a sweep."""
+    """``(records, problems, planned)`` of the sweep in ``folder``, every line of its results
+    checked first (``sweep_folder.scan_results``); refused in one line when it is no sweep, has
+    nothing finished, holds a bad record, or ``out_dir`` holds a run or a sweep."""
     from jaxdigits.files import folder_kind
-    from jaxdigits.sweep_folder import RESULTS_FILE, ResultsWarning, SweepFolder, read_results
+    from jaxdigits.records import RecordError
+    from jaxdigits.sweep_folder import RESULTS_FILE, ResultsWarning, SweepFolder, scan_results
 
     if not folder.is_dir():
         raise RunFolderError(f"{folder}: no such sweep folder; give the --out folder of a `jaxdigits sweep`")
@@ -703,22 +739,25 @@ def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None
         raise RunFolderError(f"{folder} holds a training run, not a sweep; use `jaxdigits report` for it")
     if out_dir is not None and Path(out_dir).is_dir() and folder_kind(Path(out_dir)) is not None:
         raise RunFolderError(f"{out_dir} holds a training run or a sweep; give the report a folder of its own")
-    if out_dir is not None:
-        from jaxdigits.files import output_folder
-
-        output_folder(out_dir)
-    records, problems = read_results(folder / RESULTS_FILE)
-    for problem in problems:
-        warnings.warn(problem, ResultsWarning, stacklevel=3)
-    if not records:
+    path = folder / RESULTS_FILE
+    if not path.is_file() or not path.stat().st_size:
         raise RunFolderError(f"{folder}: no finished configurations in {RESULTS_FILE} yet; "
                              "report again once the sweep has finished a group")
-    try:
-        grid = SweepFolder(folder).saved_grid()
-        planned = len(grid.configs()) if grid is not None else None
-    except Exception:  # an unreadable sweep.json does not stop a report of the results there
-        planned = None
-    return records, problems, planned
+    configurations = SweepFolder(folder).configurations("sweep-report checks every result against the sweep's grid "
+                                                       "in it; give the folder of a `jaxdigits sweep`")
+    found = scan_results(path, configurations)
+    if found.refused:
+        number, problem = found.refused[0]
+        more = f" ({len(found.refused) - 1} more bad lines after it)" if len(found.refused) > 1 else ""
+        raise RecordError(f"{path}, line {number}: {problem}{more}; delete the bad lines, or resume the sweep "
+                          f"(`jaxdigits sweep --out {folder}`), which drops them and trains their configurations again")
+    problems = found.messages(path, "")
+    for problem in problems:
+        warnings.warn(problem, ResultsWarning, stacklevel=3)
+    if not found.records:
+        raise RunFolderError(f"{folder}: no finished configurations in {RESULTS_FILE} yet; "
+                             "report again once the sweep has finished a group")
+    return list(found.records.values()), problems, len(configurations)
 
 
 def write_sweep_tables(out: Path, rows: Sequence[dict], records: Sequence[dict], axes: Sequence[str]) -> None:
@@ -743,36 +782,38 @@ def sweep_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     over ``x`` and ``y``, mean ± std over seeds and any other axis; by default the two varying
     axes with the most values), ``curves.png`` (per-epoch curves coloured by ``group``, default
     ``x``), ``best.png``, ``summary.csv`` (one row per configuration over its seeds),
-    ``runs.csv`` (one row per run), ``report.json`` and ``report.html``. Diverged and stalled
-    runs are marked on every figure. Returns the report (as in ``report.json``).
+    ``runs.csv`` (one row per run), ``report.json`` and ``report.html``, appearing together once
+    all are written. Diverged and stalled runs are marked on every figure. Every line of the
+    results is checked first: a record that breaks the schema or is none of the sweep's
+    configurations is refused in one line (``RecordError``). Returns the report (as in
+    ``report.json``).
     """
     folder = Path(sweep_dir)
     records, problems, planned = read_sweep(folder, out_dir)
-    x, y = choose_axes(records, x, y)
-    group = group or x
+    x, y, group = choose_axes(records, x, y, group)
     axes = varying_axes(records)
     for axis in (x, y):
         if axis and axis not in axes:
             axes.append(axis)
     metric = ranking_metric(records)
     rows = sweep_summary(records, axes, metric)
-    out = Path(out_dir) if out_dir is not None else folder / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {"heatmap": heatmap_figure(records, x, y, metric), "curves": curves_figure(records, group),
-               "best": best_figure(rows, records, axes, top, metric)}
-    pngs = {name: png_bytes(fig) for name, fig in figures.items()}
-    for name, png in pngs.items():
-        write_atomic(out / f"{name}.png", png)
-    write_sweep_tables(out, rows, records, axes)
-    statuses = {s: sum(r.get("status") == s for r in records) for s in ("ok", "diverged", "stalled")}
-    result = {
-        "sweep": str(folder), "finished": len(records), "planned": planned, "statuses": statuses,
-        "x": x, "y": y, "group": group, "axes": axes, "ranked_by": metric, "configurations": json_safe(rows),
-        "problems": problems, "figures": {name: f"{name}.png" for name in pngs},
-        "files": ["summary.csv", "runs.csv", "report.json", "report.html"],
-    }
-    write_json(out / "report.json", result)
-    write_atomic(out / "report.html", sweep_html(result, pngs, top).encode())
+    with staged_output(Path(out_dir) if out_dir is not None else folder / "report") as stage:
+        pngs = rendered({"heatmap": lambda: heatmap_figure(records, x, y, metric),
+                         "curves": lambda: curves_figure(records, group),
+                         "best": lambda: best_figure(rows, records, axes, top, metric)})
+        check()
+        for name, png in pngs.items():
+            write_atomic(stage / f"{name}.png", png)
+        write_sweep_tables(stage, rows, records, axes)
+        statuses = {s: sum(r.get("status") == s for r in records) for s in ("ok", "diverged", "stalled")}
+        result = {
+            "sweep": str(folder), "finished": len(records), "planned": planned, "statuses": statuses,
+            "x": x, "y": y, "group": group, "axes": axes, "ranked_by": metric, "configurations": json_safe(rows),
+            "problems": problems, "figures": {name: f"{name}.png" for name in pngs},
+            "files": ["summary.csv", "runs.csv", "report.json", "report.html"],
+        }
+        write_json(stage / "report.json", result)
+        write_atomic(stage / "report.html", sweep_html(result, pngs, top).encode())
     return result
 
 

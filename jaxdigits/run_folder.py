@@ -25,7 +25,8 @@ from jaxdigits.checkpoint import (CHECKPOINT_FILE, HISTORY_FILE, PARAMS_FILE, RU
                                   save_params)
 from jaxdigits.core.config import TrainConfig
 from jaxdigits.core.errors import CheckpointError, ConfigError, RunFolderError
-from jaxdigits.files import claim_folder, environment_info, interrupts_deferred, write_json
+from jaxdigits.files import claim_folder, environment_info, write_json
+from jaxdigits.interrupts import deferred
 from jaxdigits.records import config_id
 
 
@@ -101,7 +102,7 @@ class RunFolder:
             "config": config.to_dict(), "network": network_spec(state.params), "epoch": len(history),
             "history": history, "data": self.data_info, "environment": environment_info(),
         }
-        with interrupts_deferred():
+        with deferred():
             save_arrays(self.path / CHECKPOINT_FILE, tensors, TRAINING_FORMAT, info)
             write_json(self.path / HISTORY_FILE, history)
             self.saved_epochs = len(history)
@@ -164,7 +165,7 @@ class RunFolder:
     def save_result(self, network, record: dict, history: list[dict]) -> None:
         """Write the final network, ``run.json`` (the run's record) and ``history.json``."""
         config = {name: record[name] for name in TrainConfig.__dataclass_fields__}
-        with interrupts_deferred():
+        with deferred():
             save_params(self.path / PARAMS_FILE, network, {"config": config, "record": record})
             write_json(self.path / RUN_FILE, record)
             write_json(self.path / HISTORY_FILE, history)

@@ -44,6 +44,7 @@ from jaxdigits.core.config import TrainConfig, program_key
 from jaxdigits.core.dataset import Dataset
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.metrics import evaluate
+from jaxdigits.interrupts import check
 from jaxdigits.search_space import Dimension, config_of, load_space, parse_space, perturb, perturbable
 from jaxdigits.study import SearchStudy
 
@@ -216,6 +217,7 @@ class Runner:
         slots[row] = Slot(trial[0], trial[1], [], [-np.inf, 0])
 
     def _epoch(self, population, slots) -> None:
+        check()  # Ctrl-C or SIGTERM stops here, between population epochs (see ``interrupts``)
         result = population.epoch()
         occupied = [row for row, slot in enumerate(slots) if slot is not None]
         self.model_epochs += len(occupied)

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from jaxdigits.core.errors import RunFolderError
-from jaxdigits.files import json_safe, write_atomic, write_json
-from jaxdigits.reports import html_page, html_table, png_bytes, pyplot
-from jaxdigits.study import lineage, optuna_module, storage_url
+from jaxdigits.files import json_safe, staged_output, write_atomic, write_json
+from jaxdigits.interrupts import check
+from jaxdigits.reports import html_page, html_table, png_bytes, pyplot, rendered
+from jaxdigits.study import checked_record, lineage, optuna_module, storage_url
 
 
 def load_study(out_dir: Path, storage: str | None, study: str):
@@ -66,28 +67,30 @@ def optuna_figures(study) -> dict[str, Any]:
 
 def search_report(out_dir: str | os.PathLike, report_dir: str | os.PathLike, *, storage: str | None = None,
                   study: str = "jaxdigits") -> dict[str, Any]:
-    """Write ``report.json``, one PNG per figure and ``report.html`` into ``report_dir``."""
+    """Write ``report.json``, one PNG per figure and ``report.html`` into ``report_dir`` (all
+    appearing together once written; an error or Ctrl-C leaves it as it was)."""
     the_study = load_study(Path(out_dir), storage, study)
     trials = sorted(the_study.get_trials(deepcopy=False), key=lambda t: t.number)
     finished = sorted((t for t in trials if "record" in t.user_attrs), key=lambda t: (t.datetime_complete is None, t.datetime_complete))
-    records = [t.user_attrs["record"] for t in finished]  # in the order they finished
+    records = [checked_record(the_study, t) for t in finished]  # in the order they finished
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     ranked = sorted((r for r in records if not r.get("pruned")), key=lambda r: -(r.get("selected_validation_accuracy") or 0))
-    out = Path(report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {"progress": progress_figure(records), **optuna_figures(the_study)}
-    pngs = {name: png_bytes(fig) for name, fig in figures.items()}
-    for name, png in pngs.items():
-        write_atomic(out / f"{name}.png", png)
-    result = {"study": study, "finished": len(records), "states": states, "best": json_safe(ranked[:10]),
-              "best_test_accuracy": the_study.user_attrs.get("best_test_accuracy"),
-              "diverged": sum(r.get("status") == "diverged" for r in records),
-              "lineage": json_safe(lineage(trials, ranked[0]["trial"])) if ranked else [],
-              "figures": {name: f"{name}.png" for name in pngs}}
-    write_json(out / "report.json", result)
-    write_atomic(out / "report.html", report_html(result, pngs).encode())
+    with staged_output(report_dir, "--report") as stage:
+        pngs = rendered({"progress": lambda: progress_figure(records)})
+        check()
+        pngs.update({name: png_bytes(fig) for name, fig in optuna_figures(the_study).items()})
+        check()
+        for name, png in pngs.items():
+            write_atomic(stage / f"{name}.png", png)
+        result = {"study": study, "finished": len(records), "states": states, "best": json_safe(ranked[:10]),
+                  "best_test_accuracy": the_study.user_attrs.get("best_test_accuracy"),
+                  "diverged": sum(r.get("status") == "diverged" for r in records),
+                  "lineage": json_safe(lineage(trials, ranked[0]["trial"])) if ranked else [],
+                  "figures": {name: f"{name}.png" for name in pngs}}
+        write_json(stage / "report.json", result)
+        write_atomic(stage / "report.html", report_html(result, pngs).encode())
     return result
 
 

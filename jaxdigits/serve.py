@@ -30,7 +30,6 @@ import posixpath
 import re
 import socket
 import stat
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +41,7 @@ import numpy as np
 
 from jaxdigits.core.dataset import MNIST_SIDE
 from jaxdigits.core.errors import ConfigError, DataError, JaxdigitsError
+from jaxdigits.interrupts import check
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY = 1 << 20  # a 280x280 canvas as JSON grey values is about 80-320 KB
@@ -445,6 +445,9 @@ class DigitServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         pass  # a client that disconnects mid-request is not the server's problem; no traceback
 
+    def service_actions(self):
+        check()  # Ctrl-C or SIGTERM stops serve_forever between polls (see ``interrupts``)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
@@ -472,7 +475,8 @@ def make_server(model: Model | None, host: str = "127.0.0.1", port: int = 8000) 
 
 
 def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, data_dir=None, benchmark: int | None = None) -> int:
-    """Load the network, start the server and print its address; runs until Ctrl-C (exit 0).
+    """Load the network, start the server and print its address; runs until Ctrl-C or SIGTERM
+    (``KeyboardInterrupt``; the command line exits 130).
     With ``benchmark=N``, time N predict requests instead and print the latency."""
     if benchmark:
         result = measure_latency(checkpoint, benchmark, data_dir=data_dir)
@@ -494,8 +498,6 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, data_dir=None, 
     print(f"serving {'-'.join(map(str, model.network.sizes))} at {server.url}{note}; Ctrl-C stops it", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
     finally:
         server.server_close()
     return 0

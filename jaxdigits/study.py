@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from jaxdigits.core.config import TrainConfig
 from jaxdigits.core.errors import ConfigError
+from jaxdigits.interrupts import wait
 from jaxdigits.search_space import Dimension, distributions, space_json
 
 SAMPLERS = ("random", "qmc", "tpe")
@@ -247,19 +248,20 @@ class SearchStudy:
                 return False
             if counts["WAITING"] or counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] < budget:
                 return True
-            time.sleep(self.heartbeat[0])
+            wait(self.heartbeat[0])  # wakes at once on Ctrl-C or SIGTERM
 
     def records(self) -> list[dict]:
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        return [t.user_attrs["record"] for t in sorted(trials, key=lambda t: t.number) if "record" in t.user_attrs]
+        return [checked_record(self.study, t) for t in sorted(trials, key=lambda t: t.number) if "record" in t.user_attrs]
 
     def best_record(self) -> dict | None:
         from optuna.trial import TrialState
 
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return self.study.best_trial.user_attrs.get("record") if complete else None
+        best = self.study.best_trial if complete else None
+        return checked_record(self.study, best) if best is not None and "record" in best.user_attrs else None
 
     def best_network(self, record: dict) -> Any:
         from jaxdigits.checkpoint import load_params
@@ -288,6 +290,19 @@ def lineage(trials: Sequence, number: int) -> list[dict]:
                       "value": t.value, "state": t.state.name.lower()})
         number = t.user_attrs.get("parent")
     return chain[::-1]
+
+
+def checked_record(study, trial) -> dict:
+    """``trial``'s record, checked (``records.record_problem``) before anything uses it; a bad
+    one (an edited storage) is one line naming the study, the trial and the field."""
+    from jaxdigits.records import RecordError, record_problem
+
+    record = trial.user_attrs["record"]
+    problem = record_problem(record)
+    if problem:
+        raise RecordError(f"study {study.study_name!r}, trial {trial.number}: its record's {problem}; the study's "
+                          "storage was edited: restore it, or search again with a new --study")
+    return record
 
 
 def run_heartbeats(storage, running: Sequence, interval: float, stop: threading.Event) -> None:

@@ -49,6 +49,7 @@ from jaxdigits.data import load_mnist
 from jaxdigits.devices import (DeviceWarning, agree_on_done, agree_on_sizes, auto_sizes, check_fits, config_mesh, layout_line,
                                mesh_for, use_cpu_cores)
 from jaxdigits.driver import NO_SINK, DeviceData, check_selection, put_data, run_group
+from jaxdigits.interrupts import check
 from jaxdigits.progress import Progress
 from jaxdigits.records import config_id, metric_label, network_label, ranked, ranking_metric
 from jaxdigits.sweep_folder import SweepFolder
@@ -221,6 +222,7 @@ def train_groups(groups, layout: str, datasets: dict[str, Dataset], sink, mesh, 
         if layout:
             bar.write(layout, file=sys.stderr)
         for number, group in enumerate(groups, 1):
+            check()  # Ctrl-C or SIGTERM stops here, between groups (and between epochs in run_group)
             first, group_mesh = group[0], mesh_for(len(group), mesh)
             label = f"group {number}/{len(groups)} {network_label(first, datasets[first.dataset])} x{len(group)}"
             bar.describe(label)

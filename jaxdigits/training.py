@@ -13,6 +13,7 @@ from jaxdigits.core.model import Network
 from jaxdigits.data import load_mnist
 from jaxdigits.devices import check_fits, config_mesh, mesh_for
 from jaxdigits.driver import NO_SINK, Start, check_selection, put_data, run_group
+from jaxdigits.interrupts import Interrupted
 from jaxdigits.progress import Progress
 from jaxdigits.records import config_id
 from jaxdigits.run_folder import RunFolder
@@ -22,8 +23,9 @@ class StalledWarning(UserWarning):
     """A run ended at chance accuracy with its cost no longer falling (e.g. saturated sigmoids)."""
 
 
-class TrainInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped ``train``; ``saved_epochs`` complete epochs are in its folder."""
+class TrainInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM stopped ``train``; ``saved_epochs`` complete epochs are in its folder.
+    (A ``KeyboardInterrupt``, as every ``interrupts.Interrupted`` is.)"""
 
     def __init__(self, saved_epochs: int):
         super().__init__(f"interrupted with {saved_epochs} epochs saved")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -188,3 +189,50 @@ def assert_same_numbers(a, b):
 
 def lines(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / RESULTS_FILE).read_text().splitlines()]
+
+
+def written_sweep(out: Path, grid: "jd.SweepGrid", test_examples: int = 1000) -> list[dict]:
+    """A finished sweep folder for ``grid`` written without training (made-up but valid
+    records, through ``SweepFolder`` as a sweep writes them); returns the records."""
+    from jaxdigits.records import run_record
+    from jaxdigits.sweep_folder import SweepFolder
+
+    records = []
+    for k, config in enumerate(grid.configs()):
+        history = [{"epoch": e, "train_cost": 1.0 / e, "train_accuracy": 0.5 + 0.01 * e,
+                    "test_accuracy": 0.5 + 0.01 * e + 0.001 * k, "seconds": 0.1} for e in range(1, config.epochs + 1)]
+        records.append(run_record(config, history, "ok", test_examples=test_examples))
+    folder = SweepFolder(out, grid, {"mnist": {"sha256": "0" * 64}})
+    folder.open(grid.configs())
+    folder.append(records)
+    folder.close()
+    return records
+
+
+# --- Ctrl-C and SIGTERM: tests/app/test_reports.py and test_cli.py -----------------------------------
+
+
+def interrupt_when(args: list[str], working, signals: tuple[int, ...], timeout: float = 120) -> tuple[int, str]:
+    """Run ``jaxdigits ARGS``, send ``signals`` (0.05 s apart) once ``working()`` is true;
+    ``(exit code, stderr)``. Asserts that the command had not finished by then."""
+    process = run_cli(*map(str, args))
+    try:
+        ends = time.monotonic() + timeout
+        while not working():
+            assert process.poll() is None and time.monotonic() < ends, process.communicate()
+            time.sleep(0.005)
+        for number, signum in enumerate(signals):
+            time.sleep(0.05 if number else 0)
+            process.send_signal(signum)
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    return process.returncode, stderr
+
+
+def assert_interrupted_cleanly(returncode: int, stderr: str, line: str) -> None:
+    """Exit 130, one line starting with ``line`` that says so, no traceback, nothing swallowed."""
+    said = [text for text in stderr.splitlines() if "interrupted" in text]
+    assert returncode == 130, stderr
+    assert len(said) == 1 and said[0].startswith(line), stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

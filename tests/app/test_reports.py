@@ -1,11 +1,13 @@
 """Reports (``jaxdigits.reports``): a report of a one-epoch run on the real MNIST, two networks
-side by side, sweep reports (finished or still running), and their one-line errors."""
+side by side, sweep reports (finished or still running), their one-line errors, hostile sweep
+records, and Ctrl-C or SIGTERM in the middle of a report."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import json
+import signal
 
 import jax
 import numpy as np
@@ -14,7 +16,8 @@ import pytest
 import jaxdigits as jd
 from jaxdigits import cli, reports
 from jaxdigits.core.transforms import ROBUSTNESS
-from tests.conftest import synthetic_dataset
+from tests.conftest import deadline, synthetic_dataset, write_idx_folder
+from tests.helpers import assert_interrupted_cleanly, interrupt_when, one_error_line, written_sweep
 
 
 # A few strengths per perturbation (the identity among them) keep the tests quick.
@@ -163,3 +166,88 @@ def test_a_report_out_that_is_no_folder_is_refused_before_anything_is_measured(t
     data = synthetic_dataset(20, 10)
     with pytest.raises(jd.RunFolderError, match="--out (is a link to nothing|must be a folder, and this is a file); give a folder"):
         jd.report(network, data, out_dir=out)
+
+
+# --- a sweep's records are checked before anything is computed -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A sweep of 16 configurations (2 epochs each) written without training."""
+    out = tmp_path_factory.mktemp("written") / "sweep"
+    grid = jd.SweepGrid(hidden=[(16,), (32,)], lr=[0.1, 0.3, 1.0, 3.0], seed=[0, 1], epochs=2)
+    return out, written_sweep(out, grid)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"test_accuracy": -5}, "test_accuracy is -5, not an accuracy (a number from 0 to 1)"),
+    ({"test_accuracy": float("nan")}, "test_accuracy is NaN, not an accuracy"),
+    ({"best_test_accuracy": float("-inf")}, "best_test_accuracy is -Infinity, not an accuracy"),
+    ({"test_accuracy": 1e308}, "test_accuracy is 1e+308, not an accuracy"),
+    ({"lr": 42.0}, "lr 42.0 is not its configuration's 0.3"),
+])
+def test_sweep_report_refuses_a_bad_record_in_one_line_before_computing(change, expected, written, tmp_path, capsys):
+    folder, records = written
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_bytes((folder / "sweep.json").read_bytes())
+    rows = [json.dumps(r) for r in records]
+    rows[2] = json.dumps({**records[2], **change})
+    (sweep / "results.jsonl").write_text("\n".join(rows) + "\n")
+    assert cli.main(["sweep-report", str(sweep)]) == 1
+    line = one_error_line(capsys.readouterr().err, f"jaxdigits sweep-report: error: {sweep / 'results.jsonl'}, line 3: ")
+    assert expected in line and "delete the bad lines, or resume the sweep" in line
+    assert not (sweep / "report").exists()
+
+
+def test_sweep_report_refuses_an_axis_that_is_no_field_listing_the_allowed(written, tmp_path, capsys):
+    folder, _ = written
+    assert cli.main(["sweep-report", str(folder), "--group", "evil", "--out", str(tmp_path / "report")]) == 2
+    line = one_error_line(capsys.readouterr().err, "jaxdigits sweep-report: error: --group 'evil' is not a config field")
+    assert "give one of: hidden, activation, cost" in line and "those that vary here: lr, hidden" in line
+    assert not (tmp_path / "report").exists()
+
+
+def test_sweep_report_of_50_mb_of_repeated_records_takes_seconds(written, tmp_path, capsys):
+    folder, records = written
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_bytes((folder / "sweep.json").read_bytes())
+    block = (folder / "results.jsonl").read_bytes()
+    (sweep / "results.jsonl").write_bytes(block * (50_000_000 // len(block) + 1))
+    with deadline(60):
+        assert cli.main(["sweep-report", str(sweep)]) == 0
+    printed, err = capsys.readouterr()
+    assert f"{len(records)} of {len(records)} runs finished" in printed
+    assert "lines repeat a configuration of an earlier line; each configuration counts once" in err
+
+
+# --- Ctrl-C and SIGTERM: exit 130 in one line, no report half-made ----------------------------------
+
+
+def staging(out):
+    return lambda: any(out.glob(".jaxdigits-staging.*"))
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)],
+                         ids=["ctrl-c", "sigterm", "ctrl-c twice"])
+def test_an_interrupted_report_exits_130_and_leaves_its_folder_as_it_was(signals, tmp_path_factory, tmp_path):
+    data_dir = write_idx_folder(tmp_path_factory.mktemp("data"), synthetic_dataset(200, 3000), compress=False)
+    run = tmp_path / "run"
+    jd.train(jd.TrainConfig(hidden=(8,), epochs=1), jd.load_mnist(data_dir), out_dir=run)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.json").write_text("an older report")  # left exactly as it was
+    returncode, stderr = interrupt_when(["report", run, "--data-dir", data_dir, "--out", out], staging(out), signals)
+    first = "interrupted; no report written" if len(signals) == 1 else "interrupted"
+    assert_interrupted_cleanly(returncode, stderr, first)
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"] and (out / "report.json").read_text() == "an older report"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_sweep_report_exits_130_and_makes_no_folder(signum, written, tmp_path):
+    folder, _ = written
+    out = tmp_path / "report"
+    returncode, stderr = interrupt_when(["sweep-report", folder, "--out", out], staging(out), (signum,))
+    assert_interrupted_cleanly(returncode, stderr, f"interrupted; no report written, {out} is as it was before")
+    assert not out.exists()

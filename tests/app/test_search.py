@@ -15,7 +15,6 @@ import pytest
 
 import jaxdigits as jd
 from jaxdigits import population as population_module
-from jaxdigits.core import programs
 from jaxdigits.search import search
 from jaxdigits.search_space import load_space, parse_space
 from tests.conftest import synthetic_dataset, write_idx_folder
@@ -364,3 +363,25 @@ def test_a_retried_branch_starts_afresh_and_says_whose_copy_it_lost(tmp_path):
     attrs = retried[0].user_attrs
     assert attrs["parent"] is None and attrs["start_epoch"] == 0 and attrs["lost_parent"] == 1
     assert attrs["record"]["epochs_completed"] == 1 and "parent" not in attrs["record"]
+
+
+def test_an_edited_trial_record_is_refused_in_one_line(tmp_path, capsys):
+    import json
+    import sqlite3
+
+    from jaxdigits import cli
+
+    search(SPACE, DATA, trials=2, epochs=1, validation=100, population=2, sampler="random", pruner="none",
+           out_dir=tmp_path, base=BASE)
+    with sqlite3.connect(tmp_path / "study.db") as db:  # what a hand or another tool could do to the store
+        trial_id, text = db.execute("SELECT trial_id, value_json FROM trial_user_attributes WHERE key = 'record' "
+                                    "ORDER BY trial_id LIMIT 1").fetchone()
+        record = {**json.loads(text), "selected_validation_accuracy": -5}
+        db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND key = 'record'",
+                   (json.dumps(record), trial_id))
+    assert cli.main(["search-report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"jaxdigits search-report: error: study 'jaxdigits', trial {record['trial']}: its record's "
+                          "selected_validation_accuracy is -5, not an accuracy")
+    assert not (tmp_path / "report").exists()

@@ -362,7 +362,8 @@ def test_cli_serve_prints_its_address_refuses_a_taken_port_and_stops_on_ctrl_c(r
     finally:
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=30)
-    assert first.returncode in (0, 130) and "Traceback" not in err
+    assert first.returncode == 130 and err.strip().splitlines()[-1] == "interrupted; the server stopped", err
+    assert "Traceback" not in err and "Exception ignored" not in err
 
     missing = subprocess.run(command[:4] + [str(run_dir / "nothing")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr

@@ -1,5 +1,6 @@
 """A sweep's ``--out`` folder (``jaxdigits.sweep_folder``): resume and a grown grid, half-written
-or edited result lines, a broken ``sweep.json``, a hard kill, folders of another kind."""
+or edited result lines, a broken ``sweep.json``, a hard kill, folders of another kind, and hostile
+result lines (every field checked, duplicates read in linear time)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import jaxdigits as jd
 from jaxdigits import cli
 from jaxdigits.core.config import SweepGrid
 from jaxdigits.core.errors import RunFolderError
-from jaxdigits.sweep_folder import RESULTS_FILE, SWEEP_FILE, ResultsWarning, read_results
-from tests.conftest import synthetic_dataset
-from tests.helpers import DATA, REPO, assert_same_numbers, lines, one_error_line
+from jaxdigits.sweep_folder import RESULTS_FILE, SWEEP_FILE, ResultsWarning, SweepFolder, read_results, scan_results
+from tests.conftest import deadline, synthetic_dataset
+from tests.helpers import DATA, REPO, assert_same_numbers, lines, one_error_line, written_sweep
 
 
 def test_resume_skips_finished_configurations_and_a_grown_grid_trains_only_the_new(tmp_path):
@@ -57,7 +58,7 @@ def test_an_edited_record_is_retrained_not_shown_as_the_best(tmp_path):
     edited = json.loads(lines[0])
     edited.update(lr=42.0, test_accuracy=0.999)
     (out / "results.jsonl").write_text(json.dumps(edited) + "\n" + lines[1] + "\n")
-    with pytest.warns(jd.ResultsWarning, match="its lr 42.0 is not its configuration's 0.3"):
+    with pytest.warns(jd.ResultsWarning, match="results.jsonl, line 1: lr 42.0 is not its configuration's 0.3; ignoring the line"):
         again = jd.sweep(data=data, lr=[0.3, 1.0], epochs=1, out_dir=out)
     assert again.trained == 1 and [r["lr"] for r in again.records] == [0.3, 1.0]
     assert [r["test_accuracy"] for r in again.records] == [r["test_accuracy"] for r in first.records]
@@ -124,3 +125,96 @@ def test_a_hard_kill_loses_only_the_unfinished_group(tiny_data_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"5 configurations ({5 - len(kept)} trained now, {len(kept)} from before)" in done.stdout
     assert sorted(r["hidden"][0] for r in lines(out)) == [4, 5, 6, 7, 8]
+
+
+# --- hostile records: every line is checked before it is used (resume and sweep-report alike) --------
+
+
+def _edit(**changes):
+    return lambda record: json.dumps({**record, **changes})
+
+
+def _without(name):
+    return lambda record: json.dumps({k: v for k, v in record.items() if k != name})
+
+
+def _other_configuration(record):  # consistent in itself, but a configuration the grid lacks
+    from jaxdigits.records import record_id
+
+    edited = {**record, "lr": 0.5}
+    return json.dumps({**edited, "id": record_id(edited)})
+
+
+HOSTILE_LINES = {
+    "accuracy -5": (_edit(test_accuracy=-5), "test_accuracy is -5, not an accuracy (a number from 0 to 1)"),
+    "NaN accuracy": (_edit(test_accuracy=float("nan")), "test_accuracy is NaN, not an accuracy"),
+    "infinite accuracy": (_edit(best_test_accuracy=float("inf")), "best_test_accuracy is Infinity, not an accuracy"),
+    "accuracy 1e308": (_edit(train_accuracy=1e308), "train_accuracy is 1e+308, not an accuracy"),
+    "accuracy as text": (_edit(test_accuracy="0.99"), "test_accuracy is \"0.99\", not an accuracy"),
+    "accuracy true": (_edit(test_accuracy=True), "test_accuracy is true, not an accuracy"),
+    "NaN in a curve": (_edit(train_cost_curve=[float("nan")]), "train_cost_curve holds NaN, which is not a finite number"),
+    "a curve past the epochs": (_edit(test_accuracy_curve=[0.5] * 99), "test_accuracy_curve has 99 entries, more than the record's 2 epochs"),
+    "an epoch past the end": (_edit(best_epoch=3), "best_epoch is 3, not a whole number of epochs (0 to the record's epochs)"),
+    "negative seconds": (_edit(seconds=-1.0), "seconds is -1.0, not a number of seconds"),
+    "lr 42 (not in the grid)": (_edit(lr=42.0), "lr 42.0 is not its configuration's 0.3"),
+    "seed 1.5": (_edit(seed=1.5), "seed 1.5 is not an integer"),
+    "a configuration of another sweep": (_other_configuration, "is not one of the sweep's configurations"),
+    "an id that is no id": (_edit(id="../../etc"), "id is \"../../etc\", not a configuration id"),
+    "status great": (_edit(status="great"), "status is \"great\", not one of ok, diverged, stalled"),
+    "a missing field": (_without("test_accuracy_curve"), "test_accuracy_curve is missing"),
+    "a missing config field": (_without("hidden"), "hidden is missing"),
+    "not an object": (lambda record: "[1, 2]", "record is list, not a JSON object"),
+    "not JSON": (lambda record: '{"id": ', "the line is not a JSON record"),
+    "nested 100,000 deep": (lambda record: "[" * 100_000, "the line is not a JSON record"),
+}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A sweep folder of two configurations (lr 0.3 and 1, 2 epochs), written without training."""
+    out = tmp_path_factory.mktemp("written") / "sweep"
+    records = written_sweep(out, SweepGrid(hidden=[(8,)], lr=[0.3, 1.0], seed=[0], epochs=2))
+    return out, records
+
+
+@pytest.mark.parametrize("damage", list(HOSTILE_LINES))
+def test_a_hostile_line_is_refused_naming_its_line_and_field(damage, written):
+    folder, records = written
+    edit, expected = HOSTILE_LINES[damage]
+    path = folder.parent / f"{damage}.jsonl"
+    path.write_text(json.dumps(records[1]) + "\n" + edit(records[0]) + "\n")
+    found = scan_results(path, SweepFolder(folder).configurations("give a sweep folder"))
+    assert list(found.records) == [records[1]["id"]]  # the good line is kept, in one pass
+    [(number, problem)] = found.refused
+    assert number == 2 and expected in problem, problem
+    [message] = found.messages(path, "do this")
+    assert message.startswith(f"{path}, line 2: ") and message.endswith("; do this") and "\n" not in message
+
+
+def test_resume_warns_about_bad_and_repeated_lines_drops_them_and_trains_again(tmp_path):
+    data = synthetic_dataset(60, 20)
+    out = tmp_path / "sweep"
+    first = jd.sweep(data=data, lr=[0.3, 1.0], epochs=1, out_dir=out)
+    good, other = (out / RESULTS_FILE).read_text().splitlines()
+    broken = json.dumps({**json.loads(good), "test_accuracy": float("nan")})
+    (out / RESULTS_FILE).write_text("\n".join([broken, other, other, other]) + "\n")
+    with pytest.warns(ResultsWarning) as warned:
+        again = jd.sweep(data=data, lr=[0.3, 1.0], epochs=1, out_dir=out)
+    said = [str(w.message) for w in warned]
+    assert any(m.startswith(f"{out / RESULTS_FILE}, line 1: test_accuracy is NaN, not an accuracy") for m in said), said
+    assert any("2 lines repeat a configuration of an earlier line" in m for m in said), said
+    assert again.trained == 1 and again.resumed == 1
+    assert_same_numbers(again.records, first.records)
+    assert len(lines(out)) == 2  # rewritten: each configuration once, the bad line gone
+
+
+def test_duplicates_are_read_in_linear_time_the_last_line_counting(written, tmp_path):
+    folder, records = written
+    path = tmp_path / RESULTS_FILE
+    with open(path, "w") as f:  # 40,000 lines of one configuration, each a little different
+        for k in range(40_000):
+            f.write(json.dumps({**records[0], "seconds": float(k)}) + "\n")
+    with deadline(20):
+        found = scan_results(path, SweepFolder(folder).configurations("give a sweep folder"))
+    assert found.refused == [] and found.duplicates == 39_999
+    assert list(found.records) == [records[0]["id"]] and found.records[records[0]["id"]]["seconds"] == 39_999.0
