@@ -188,7 +188,7 @@ def make_hyper_epoch(config: jd.TrainConfig, window: int, validation_batch: int,
 
 def hyper_optimizer(hyper_lr: float) -> optax.GradientTransformation:
     """Adam on the log hyperparameters with a short memory of the gradient's scale (``b2 = 0.9``:
-    the hypergradient shrinks by orders of magnitude once the network leaves its plateau), after
+    the hypergradient's scale changes by orders of magnitude within a run), after
     clipping each component to ``[-1, 1]`` (at a rate too large the window's dynamics are chaotic
     and the hypergradient explodes: Metz et al. 2019)."""
     return optax.chain(optax.clip(1.0), optax.adam(hyper_lr, b1=0.9, b2=0.9))
