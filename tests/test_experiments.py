@@ -316,3 +316,95 @@ def test_experiment_reports_missing_data_in_one_line(tmp_path, capsys):
 def test_save_json_writes_plain_numbers(tmp_path):
     path = common.save_json(tmp_path / "x.json", {"a": np.float32(0.5), "b": np.arange(3), "c": math.nan})
     assert json.loads(path.read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": None}
+
+
+# --- hypergradient ------------------------------------------------------------------------------
+
+import hypergradient  # noqa: E402
+
+from tests.conftest import synthetic_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def hypergradient_results(learned_dir, mnist_dir):
+    folder = learned_dir / "hypergradient"
+    if not (folder / "hypergradient.json").exists():
+        assert hypergradient.main(["--quick", "--out", str(folder), "--data-dir", str(mnist_dir)]) == 0
+    return json.loads((folder / "hypergradient.json").read_text())
+
+
+def test_hypergradient_window_trains_at_the_rate_and_l2_it_is_given():
+    data = synthetic_dataset(40, 4)
+    config = jaxdigits.TrainConfig(hidden=(6,), l2=1e-3)
+    state = jaxdigits.init_state(config, jax.random.PRNGKey(0), 784, 10, update={"lr": 3.0, "l2": 1e-3})
+    x, y = jnp.asarray(data.train_images).reshape(4, 10, 784), jnp.asarray(data.train_labels).reshape(4, 10)
+    end, _ = hypergradient.make_window(config)(hypergradient.start_logs(0.5, 0.01), state, x, y)
+    params = state.params
+    for images, labels in zip(x, y):
+        grads = jax.grad(jaxdigits.make_objective("quadratic", 0.01))(params, images, labels)
+        params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+    for a, b in zip(jax.tree.leaves(end.params), jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_hypergradient_forward_and_reverse_match_finite_differences_on_synthetic_data():
+    data = synthetic_dataset(300, 10).held_out(100)
+    settings = {"window": 15, "validation_batch": 100}
+    check = hypergradient.finite_difference_check(data, jaxdigits.TrainConfig(hidden=(8,), l2=1e-3), settings, 0.3)
+    for name in ("lr", "l2"):
+        expected = check[name]["finite_difference"]
+        assert expected != 0
+        for mode in hypergradient.MODES:
+            assert check[name][mode] == pytest.approx(expected, rel=1e-3), (name, mode)
+
+
+def test_hypergradient_window_that_turns_non_finite_is_undone_and_its_rate_halved():
+    config = jaxdigits.TrainConfig(hidden=(4,), l2=1e-3)
+    state = jaxdigits.init_state(config, jax.random.PRNGKey(0), 784, 10, update={"lr": 1.0, "l2": 1e-3})
+    hyper = hypergradient.hyper_optimizer(0.1)
+    logs = hypergradient.start_logs(1.0, 1e-3)
+    outer = jax.jit(hypergradient.make_outer_step(config, hyper, "forward"))
+    x, y = jnp.full((3, 10, 784), jnp.nan), jnp.zeros((3, 10), jnp.int32)
+    (end, new_logs, _), trace = outer((state, logs, hyper.init(logs)), x, y, jnp.ones((5, 784)), jnp.zeros(5, jnp.int32))
+    assert not bool(trace["finite"])
+    assert float(jnp.exp(new_logs["lr"])) == pytest.approx(0.5) and float(new_logs["l2"]) == float(logs["l2"])
+    for a, b in zip(jax.tree.leaves(end.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hypergradient_quick(hypergradient_results, learned_dir):
+    results = hypergradient_results
+    check = results["finite_difference_check"]
+    for name in ("lr", "l2"):  # on the real MNIST, the first window of the run from the too-small rate
+        for mode in hypergradient.MODES:
+            assert check[name][mode] == pytest.approx(check[name]["finite_difference"], rel=1e-2), (name, mode)
+    assert check["lr"]["forward"] < 0, "at a too-small rate a larger one must lower the validation cost"
+    small = results["runs"]["too small"]
+    rates = np.asarray(small["windows"]["lr"])
+    assert rates[0] == pytest.approx(hypergradient.STARTS["too small"])
+    assert small["final_lr"] > 3 * hypergradient.STARTS["too small"], "the too-small rate did not grow"
+    for run in results["runs"].values():
+        low, high = hypergradient.BOUNDS["lr"]
+        assert np.all((np.asarray(run["windows"]["lr"]) >= low * 0.999) & (np.asarray(run["windows"]["lr"]) <= high * 1.001))
+        assert len(run["epochs"]) == run["epochs_trained"] == results["settings"]["epochs"]
+        assert_probability(run["validation_accuracy"])
+        assert_probability(run["test_accuracy"])
+        assert run["compute_model_epochs"] == pytest.approx(run["epochs_trained"] * results["cost"]["forward"]["ratio"])
+    assert results["cost"]["forward"]["ratio"] > 0
+    matched = results["sweep"]["matched"]
+    assert matched["chosen_lr"] in results["settings"]["rates"]
+    assert matched["chosen_validation_accuracy"] == max(r["validation_accuracy"] for r in matched["rates"])
+    assert_probability(matched["chosen_test_accuracy"])
+    assert matched["compute_model_epochs"] == matched["epochs_per_rate"] * len(results["settings"]["rates"])
+    folder = learned_dir / "hypergradient"
+    assert_figures(results, folder)
+    rows = (folder / "hypergradient.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(hypergradient.CSV_COLUMNS) and len(rows) == 1 + 2 * results["settings"]["epochs"]
+    assert len(results["findings"]) == 6 and all(any(ch.isdigit() for ch in s) for s in results["findings"])
+
+
+def test_hypergradient_refuses_a_window_longer_than_an_epoch_in_one_line(tmp_path, mnist_dir, capsys):
+    code = hypergradient.main(["--quick", "--out", str(tmp_path), "--data-dir", str(mnist_dir), "--window", "100000"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hypergradient.py: error: --window 100000")
