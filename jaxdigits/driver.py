@@ -23,6 +23,7 @@ epoch, ``finish`` takes each group's results, ``close`` lets go.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import jax
@@ -159,9 +160,14 @@ class Trainer(NamedTuple):
 def single_trainer(config: TrainConfig, data: DeviceData, start: Start) -> Trainer:
     """One configuration, with ``train``'s unbatched compiled epoch (bit-identical resume)."""
     init_key, shuffle_key = run_keys(config.seed)
-    state = start.state if start.state is not None else init_state(config, init_key, data.inputs, data.classes)
     alive, began, strengths = jnp.asarray(True), time.perf_counter(), augment_strengths(config)
-    epoch_fn = compiled(make_guarded_epoch, config, state, alive, shuffle_key, data.train_images, data.train_labels, strengths)
+    fresh = lambda: init_state(config, init_key, data.inputs, data.classes)  # noqa: E731
+    shapes = start.state if start.state is not None else jax.eval_shape(fresh)
+    with ThreadPoolExecutor(1) as pool:  # the epoch compiles while the initial state does
+        compiling = pool.submit(compiled, make_guarded_epoch, config, shapes, alive, shuffle_key, data.train_images,
+                                data.train_labels, strengths)
+        state = start.state if start.state is not None else fresh()
+        epoch_fn = compiling.result()
 
     def epoch(state, alive, number):
         return epoch_fn(state, alive, jax.random.fold_in(shuffle_key, number), data.train_images, data.train_labels, strengths)

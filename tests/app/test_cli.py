@@ -385,3 +385,13 @@ def test_report_seed_is_checked_as_a_seed(seed, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["report", str(tmp_path), "--out", str(tmp_path / "report"), "--seed", seed])
     assert stop.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_a_cache_folder_named_in_the_environment_keeps_compiled_programs(tmp_path, small_dir):
+    import os
+
+    cache = tmp_path / "xla"
+    done = jaxdigits("train", "--data-dir", small_dir, "--out", tmp_path / "run", "--epochs", 1, "--hidden", 8,
+                     env={**os.environ, "JAXDIGITS_CACHE_DIR": str(cache)})
+    assert done.returncode == 0, done.stderr[-800:]
+    assert any(p.name.startswith("jit_guarded") for p in cache.iterdir())  # the epoch program, for the next run

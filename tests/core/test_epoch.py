@@ -183,3 +183,14 @@ def test_the_gradient_of_a_whole_run_with_respect_to_l2_and_dropout_matches_fini
     assert grad != 0 and float(grad) == pytest.approx(float(fd), rel=2e-2)
     with pytest.raises(jd.ConfigError, match="not numbers a run takes"):
         run(0, {"lr": 0.5, "hidden": 3}, images, labels, 10)
+
+
+@pytest.mark.parametrize("init", ["lesson", "he", "glorot"])
+def test_the_initial_state_is_the_same_from_its_own_program_and_inside_a_users_jit(init):
+    config = jd.TrainConfig(init=init, optimizer="adam", hidden=(16, 16))
+    key = jd.run_keys(3)[0]
+    cheap = jd.init_state(config, key, 784, 10)  # its own compiled program, one per structure
+    values = {name: getattr(config, name) for name in ("lr", "l2", "dropout", "momentum", "b1", "b2")}
+    inside = jax.jit(lambda k: epoch_module._fresh_state(config, 784, 10, k, values))(key)
+    for a, b in zip(jax.tree.leaves(cheap), jax.tree.leaves(inside)):
+        np.testing.assert_array_equal(a, b)
