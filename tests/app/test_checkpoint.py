@@ -165,7 +165,9 @@ def test_a_tampered_resume_checkpoint_is_refused(finished, run_dir):
     tensors, info = load_arrays(run_dir / CHECKPOINT_FILE, TRAINING_FORMAT)
     folder = RunFolder(run_dir, data_info=finished[2].describe())
     cases = {
-        "optimizer state does not match": ({k: v for k, v in tensors.items() if k != "opt_state.0"}, info),
+        "its optimizer state holds 6 arrays where this jaxdigits keeps 7": (
+            {k: v for k, v in tensors.items() if k != "opt_state.0"}, info),
+        "optimizer state does not match": ({**tensors, "opt_state.1": np.zeros(3, np.float32)}, info),
         "history does not match the recorded epoch": (tensors, {**info, "epoch": 3}),
         "RNG key does not match seed 0": ({**tensors, "rng.seed_key": np.array([0, 1], np.uint32)}, info),
     }
