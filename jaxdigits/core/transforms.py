@@ -23,12 +23,13 @@ moves it down and to the right.
 Every function is jit-able and vmap-able, and every strength may be a traced value (one compile
 serves a whole robustness curve). Randomness comes only from an explicit ``key``.
 
-Cost, jit-compiled, per batch of 128 on a 2-core CPU (AMD EPYC, shared, so upper bounds):
-``random_affine`` (15 deg, 0.1, 10 deg, 2 px) about 0.4 ms; ``elastic`` (34, 4) 1.5-3 ms,
-mostly drawing its 2 x 784 uniforms per image with threefry (an ``impl="rbg"`` key is a little
-cheaper); ``augment`` doing both in one resampling 2-2.5 ms, while chaining
-``elastic(random_affine(...))`` in one jit costs 4-6 ms (see ``augment``). So augmenting a
-60,000-image epoch adds about 1 s on such a CPU.
+Cost, inside the compiled training epoch on a 2-core CPU (``experiments/epoch_speed.py``, see
+docs/performance.md): ``random_affine`` makes an epoch of 784-800-10 at batch 128 1.1 times as
+long, one of 784-100-10 at batch 64 1.5 times; that is the bilinear resampling, four gathers
+per output pixel. ``augment`` with the elastic field: 1.2 and 1.8 times. The field's noise is
+100 draws per image and axis on a coarse lattice (``elastic_field``), by Threefry written out
+round by round (``threefry2x32``); drawn on every pixel with ``jax.random`` it made these 1.6
+and 3.6. Chaining ``elastic(random_affine(...))`` in one jit costs several times ``augment``.
 """
 
 from __future__ import annotations
