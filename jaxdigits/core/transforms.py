@@ -249,7 +249,7 @@ def threefry2x32(key: tuple[Array, Array], x0: Array, x1: Array) -> tuple[Array,
     ``(13, 15, 26, 6)`` (even ``i``) or ``(17, 29, 16, 24)`` (odd ``i``), each group followed by
     ``x0 += ks[(i + 1) % 3]``, ``x1 += ks[(i + 2) % 3] + i + 1``. Written out round by round, so
     XLA fuses it into one elementwise loop; JAX lowers it on CPU as a rolled loop of five steps,
-    which costs the elastic field several times more than these 2 x 100 draws per image.
+    each a kernel of its own, several times slower.
     """
     k0, k1 = key
     schedule = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
@@ -338,10 +338,10 @@ def elastic_field(key: Array, num: int, alpha: Array, sigma: Array, side: int = 
     """Displacements ``(num, 2, side, side)`` (rows, cols) in pixels, after Simard et al. 2003.
 
     Noise ``U(-1, 1)`` smoothed along both axes by a Gaussian of width ``sigma`` (zero padding
-    beyond the frame) and multiplied by ``alpha``: ``lattice_field``. From ``sigma >= 0.9 s``,
-    ``s = side / ceil(side / 3)`` (2.52 for ``side = 28``), the noise lives on a lattice of
-    ``ceil(side / 3)`` points per axis (100 draws per image and axis instead of 784, see
-    ``lattice_kernel`` for why the field's covariance stays the same); below, on every pixel,
+    beyond the frame) and multiplied by ``alpha``: ``lattice_field``. From ``sigma >= 0.9 s``
+    with ``s = side / ceil(side / 3)`` (2.52 pixels for ``side = 28``, ``s = 2.8``), the noise
+    lives on a lattice of ``ceil(side / 3)`` points per axis (100 draws per image and axis
+    instead of 784; ``lattice_kernel`` says why the covariance stays); below, on every pixel,
     where the field is ``alpha K u K^T`` with ``K = smoothing_matrix(sigma)``. ``sigma`` may be
     traced (a ``lax.cond`` picks the lattice). ``alpha = 0`` gives exact zeros.
     """
