@@ -23,12 +23,13 @@ moves it down and to the right.
 Every function is jit-able and vmap-able, and every strength may be a traced value (one compile
 serves a whole robustness curve). Randomness comes only from an explicit ``key``.
 
-Cost, jit-compiled, per batch of 128 on a 2-core CPU (AMD EPYC, shared, so upper bounds):
-``random_affine`` (15 deg, 0.1, 10 deg, 2 px) about 0.4 ms; ``elastic`` (34, 4) 1.5-3 ms,
-mostly drawing its 2 x 784 uniforms per image with threefry (an ``impl="rbg"`` key is a little
-cheaper); ``augment`` doing both in one resampling 2-2.5 ms, while chaining
-``elastic(random_affine(...))`` in one jit costs 4-6 ms (see ``augment``). So augmenting a
-60,000-image epoch adds about 1 s on such a CPU.
+Cost, inside the compiled training epoch on a 2-core CPU (``experiments/epoch_speed.py``, see
+docs/performance.md): ``random_affine`` makes an epoch of 784-800-10 at batch 128 1.1 times as
+long, one of 784-100-10 at batch 64 1.5 times; that is the bilinear resampling, four gathers
+per output pixel. ``augment`` with the elastic field: 1.2 and 1.8 times. The field's noise is
+100 draws per image and axis on a coarse lattice (``elastic_field``), by Threefry written out
+round by round (``threefry2x32``); drawn on every pixel with ``jax.random`` it made these 1.6
+and 3.6. Chaining ``elastic(random_affine(...))`` in one jit costs several times ``augment``.
 """
 
 from __future__ import annotations
@@ -225,28 +226,129 @@ def smoothing_matrix(sigma: Array, side: int = DEFAULT_SIDE) -> Array:
 
     ``K[i, j] = g(i - j) / sum_{|d| <= r} g(d)`` with ``g(d) = exp(-d^2 / (2 sigma^2))``,
     truncated at ``|d| <= r = 3 sigma`` (and at the frame: taps beyond ``side - 1`` only ever
-    meet the zero padding). ``sigma = 0`` gives ``I``. ``sigma`` may be traced.
+    meet the zero padding). ``sigma = 0`` gives ``I``. ``sigma`` may be traced. It is
+    ``lattice_kernel(sigma, side, side)``, the lattice of one point per pixel.
+    """
+    return lattice_kernel(sigma, side, side)
+
+
+# --- noise for the elastic field -----------------------------------------------------------
+
+THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+LATTICE_CELL = 3  # pixels: the elastic noise lattice has cells of at most this width
+COARSE_SIGMA = 0.9  # in cells: from this sigma on, the coarse lattice's covariance is the pixel one's
+
+
+def threefry2x32(key: tuple[Array, Array], x0: Array, x1: Array) -> tuple[Array, Array]:
+    """Threefry-2x32, 20 rounds, of counter pairs ``(x0, x1)`` (uint32, equal shapes) under
+    ``key = (k0, k1)``: the generator of ``jax.random``, bit for bit (Salmon, Moraes, Dror and
+    Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3").
+
+    With ``ks = (k0, k1, k0 ^ k1 ^ 0x1BD11BDA)``: ``x0 += ks[0]``, ``x1 += ks[1]``; then five
+    groups ``i = 0..4`` of four rounds ``x0 += x1; x1 = rotl(x1, r) ^ x0`` with ``r`` from
+    ``(13, 15, 26, 6)`` (even ``i``) or ``(17, 29, 16, 24)`` (odd ``i``), each group followed by
+    ``x0 += ks[(i + 1) % 3]``, ``x1 += ks[(i + 2) % 3] + i + 1``. Written out round by round, so
+    XLA fuses it into one elementwise loop; JAX lowers it on CPU as a rolled loop of five steps,
+    each a kernel of its own, several times slower.
+    """
+    k0, k1 = key
+    schedule = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+    x0, x1 = x0 + schedule[0], x1 + schedule[1]
+    for group in range(5):
+        for r in THREEFRY_ROTATIONS[group % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << r) | (x1 >> (32 - r))) ^ x0
+        x0 = x0 + schedule[(group + 1) % 3]
+        x1 = x1 + schedule[(group + 2) % 3] + jnp.uint32(group + 1)
+    return x0, x1
+
+
+def key_words(key: Array) -> tuple[Array, Array]:
+    """The two uint32 words of a threefry ``key``, raw (``jax.random.PRNGKey``, ``(2,)``) or typed
+    (``jax.random.key``); a typed key of another implementation gives two words drawn from it."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    if data.shape != (2,) or data.dtype != jnp.uint32:
+        data = jax.random.bits(key, (2,), jnp.uint32)
+    return data[0], data[1]
+
+
+def uniform_noise(key: Array, shape: tuple[int, ...]) -> Array:
+    """``U(-1, 1)`` float32 noise of ``shape`` from ``key``, deterministic per key.
+
+    Word ``j`` of ``threefry2x32(key_words(key), 0, c)`` over counters ``c = 0 .. ceil(n/2) - 1``
+    (first outputs, then second ones) becomes ``2 f - 3`` with ``f = 1 + (w >> 9) 2^-23`` in
+    [1, 2), the word's 23 high bits as the mantissa (as ``jax.random.uniform`` does): values
+    ``-1 + k 2^-22``, ``k = 0 .. 2^23 - 1``, mean ``-2^-23``, variance ``1/3`` to 1e-7.
+    """
+    size = math.prod(shape)
+    counters = lax.iota(jnp.uint32, (size + 1) // 2)
+    first, second = threefry2x32(key_words(key), jnp.zeros_like(counters), counters)
+    words = jnp.concatenate([first, second])[:size]
+    mantissa = lax.bitcast_convert_type((words >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+    return (2.0 * mantissa - 3.0).reshape(shape)
+
+
+def lattice_size(side: int) -> int:
+    """Noise-lattice points per axis for ``side`` pixels: ``ceil(side / 3)`` (10 for 28)."""
+    return max(1, -(-side // LATTICE_CELL))
+
+
+def lattice_kernel(sigma: Array, side: int, count: int) -> Array:
+    """``K (side, count)``: the weight of noise-lattice point ``j`` at pixel ``i`` of one axis.
+
+    ``count`` points at the centres ``t_j = (j + 1/2) s - 1/2`` of equal cells of width
+    ``s = side / count`` tiling the frame ``[-1/2, side - 1/2]``, and
+    ``K[i, j] = sqrt(s) g(i - t_j) / Z`` with ``g(d) = exp(-d^2 / (2 sigma^2))`` truncated at
+    ``|d| <= 3 sigma``, ``Z = sum g(d)`` over whole pixels ``|d| <= 3 sigma``. White noise of
+    variance ``v`` on the lattice, smoothed by ``K``, has covariance ``v s sum_j g(i - t_j)
+    g(i' - t_j) / Z^2``: a midpoint rule, with step ``s``, for the pixel lattice's ``v sum_d
+    g(i - d) g(i' - d) / Z^2`` (``count = side``: ``s = 1``, ``t_j = j``, the
+    ``smoothing_matrix``, bit for bit). By Poisson summation the two differ by a relative
+    ``2 exp(-pi^2 sigma^2 / s^2)`` inside the frame (below 1e-3 for ``sigma >= 0.9 s``), more
+    within ``3 sigma`` of its edge (variance up to 2 % higher at ``sigma = 3, s = 2.8``).
     """
     sigma = jnp.asarray(sigma, jnp.float32)
+    spacing = side / count
     d = jnp.arange(-(side - 1), side, dtype=jnp.float32)
     g = jnp.where(d == 0, 1.0, jnp.exp(-(d**2) / (2 * sigma**2)))
-    g = jnp.where(jnp.abs(d) <= 3 * sigma, g, 0.0)
-    g = g / g.sum()
-    i = jnp.arange(side)
-    return g[i[:, None] - i[None, :] + side - 1]
+    total = jnp.where(jnp.abs(d) <= 3 * sigma, g, 0.0).sum()
+    points = -0.5 + spacing * (jnp.arange(count, dtype=jnp.float32) + 0.5)
+    offsets = jnp.arange(side, dtype=jnp.float32)[:, None] - points[None, :]
+    k = jnp.where(offsets == 0, 1.0, jnp.exp(-(offsets**2) / (2 * sigma**2)))
+    k = jnp.where(jnp.abs(offsets) <= 3 * sigma, k, 0.0)
+    return k / total * math.sqrt(spacing)
+
+
+def lattice_field(key: Array, num: int, alpha: Array, sigma: Array, side: int, count: int) -> Array:
+    """``alpha K W K^T (num, 2, side, side)`` for ``K = lattice_kernel(sigma, side, count)`` and
+    ``W (count, count) ~ U(-1, 1)`` per image and axis, from ``uniform_noise(key)``.
+
+    Two plain matrix products over the whole batch: ``V = U (alpha K)^T`` on the rows of the
+    drawn noise ``U (num * 2 * count, count)``, then ``V_b^T K^T`` per image and axis ``b``
+    (so ``W_b = U_b^T``, as random as ``U_b``). ``alpha = 0`` gives exact zeros.
+    """
+    k = lattice_kernel(sigma, side, count)
+    noise = uniform_noise(key, (num * 2 * count, count))
+    rows = jnp.matmul(noise, (alpha * k).T, precision=lax.Precision.HIGHEST).reshape(num * 2, count, side)
+    columns = jnp.transpose(rows, (0, 2, 1)).reshape(num * 2 * side, count)
+    return jnp.matmul(columns, k.T, precision=lax.Precision.HIGHEST).reshape(num, 2, side, side)
 
 
 def elastic_field(key: Array, num: int, alpha: Array, sigma: Array, side: int = DEFAULT_SIDE) -> Array:
     """Displacements ``(num, 2, side, side)`` (rows, cols) in pixels, after Simard et al. 2003.
 
-    ``u ~ U(-1, 1)`` per pixel and axis, smoothed along both axes (``K u K^T``, see
-    ``smoothing_matrix``) and multiplied by ``alpha``. ``alpha = 0`` gives exact zeros.
+    Noise ``U(-1, 1)`` smoothed along both axes by a Gaussian of width ``sigma`` (zero padding
+    beyond the frame) and multiplied by ``alpha``: ``lattice_field``. From ``sigma >= 0.9 s``
+    with ``s = side / ceil(side / 3)`` (2.52 pixels for ``side = 28``, ``s = 2.8``), the noise
+    lives on a lattice of ``ceil(side / 3)`` points per axis (100 draws per image and axis
+    instead of 784; ``lattice_kernel`` says why the covariance stays); below, on every pixel,
+    where the field is ``alpha K u K^T`` with ``K = smoothing_matrix(sigma)``. ``sigma`` may be
+    traced (a ``lax.cond`` picks the lattice). ``alpha = 0`` gives exact zeros.
     """
-    # Drawn flat: a rank-4 draw compiles several times slower (XLA CPU, threefry).
-    u = jax.random.uniform(key, (num * 2 * side * side,), jnp.float32, -1.0, 1.0).reshape(num, 2, side, side)
-    k = smoothing_matrix(sigma, side)
-    smooth = jnp.einsum("ij,najk,lk->nail", k, u, k, precision=lax.Precision.HIGHEST)
-    return alpha * smooth
+    count = lattice_size(side)
+    coarse = jnp.asarray(sigma, jnp.float32) >= COARSE_SIGMA * side / count
+    return lax.cond(coarse, lambda: lattice_field(key, num, alpha, sigma, side, count),
+                    lambda: lattice_field(key, num, alpha, sigma, side, side))
 
 
 def elastic(key: Array, images: Array, alpha: Array, sigma: Array) -> Array:

@@ -214,7 +214,9 @@ def test_elastic_training_on_real_mnist_stays_above_a_floor(mnist):
     config = jd.TrainConfig(hidden=(100,), activation="relu", cost="cross_entropy", optimizer="momentum", lr=0.05,
                             batch_size=32, epochs=2, augment="elastic", init="he")
     result = jd.train(config, data)
-    assert result.record["test_accuracy"] >= 0.93, result.history
+    # Seeds 0-11 end at 0.909 to 0.941 (mean 0.928, the same with the per-pixel noise of before
+    # and the noise lattice of now): a floor of 0.93 failed for half of them.
+    assert result.record["test_accuracy"] >= 0.90, result.history
 
 
 # --- resume, divergence, determinism --------------------------------------------------------------

@@ -227,6 +227,112 @@ def test_smoothing_matrix_is_a_normalised_truncated_gaussian():
     np.testing.assert_array_equal(np.asarray(smoothing(0.0, SIDE)), np.eye(SIDE))
 
 
+# --- the elastic field's noise and lattice ----------------------------------------------------
+
+# Random123's known answers for Threefry-2x32, 20 rounds: (key, counter) -> output.
+THREEFRY_KNOWN_ANSWERS = [
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+]
+
+
+def test_threefry_gives_the_published_known_answers_and_jax_randoms_words():
+    threefry = jax.jit(T.threefry2x32)
+    for key, counter, expected in THREEFRY_KNOWN_ANSWERS:
+        out = threefry(tuple(np.uint32(k) for k in key), np.uint32(counter[0]), np.uint32(counter[1]))
+        assert tuple(int(x) for x in out) == expected
+    from jax.extend.random import threefry_2x32
+
+    key = np.array([0x9E3779B9, 12345], np.uint32)
+    counters = np.random.default_rng(2).integers(0, 2**32, 2 * 257, dtype=np.uint64).astype(np.uint32)
+    first, second = threefry(tuple(key), counters[:257], counters[257:])
+    np.testing.assert_array_equal(np.concatenate([first, second]), np.asarray(threefry_2x32(key, counters)))
+
+
+def test_uniform_noise_is_the_mantissa_of_threefry_words():
+    # PRNGKey(0) has the words (0, 0); counter (0, 0) gives the first known answer.
+    expected = [2 * (1 + (w >> 9) / 2**23) - 3 for w in THREEFRY_KNOWN_ANSWERS[0][2]]
+    noise = jax.jit(T.uniform_noise, static_argnums=1)
+    np.testing.assert_array_equal(np.asarray(noise(jax.random.PRNGKey(0), (2,))), np.float32(expected))
+    np.testing.assert_array_equal(noise(jax.random.PRNGKey(7), (5, 3)), noise(jax.random.key(7), (5, 3)))  # raw or typed key
+    u = np.asarray(noise(jax.random.key(3), (400_000,)), np.float64)
+    assert -1.0 <= u.min() and u.max() < 1.0
+    assert abs(u.mean()) < 4 * np.sqrt(1 / 3 / u.size) and u.var() == pytest.approx(1 / 3, rel=0.01)
+    counts = np.histogram(u, bins=10, range=(-1, 1))[0]
+    assert np.all(np.abs(counts - u.size / 10) < 5 * np.sqrt(u.size / 10))
+    assert not np.array_equal(u[:100], np.asarray(noise(jax.random.key(4), (100,))))
+
+
+def test_lattice_kernel_follows_its_formula_and_is_the_smoothing_matrix_on_pixels():
+    kernel = jax.jit(T.lattice_kernel, static_argnums=(1, 2))
+    for sigma in (0.0, 1.0, 3.0, 4.0):
+        np.testing.assert_array_equal(np.asarray(kernel(sigma, SIDE, SIDE)), np.asarray(T.smoothing_matrix(sigma, SIDE)))
+    assert T.lattice_size(SIDE) == 10
+    k = np.asarray(kernel(3.0, SIDE, 10), np.float64)
+    d = np.arange(-9, 10)
+    total = np.exp(-(d**2) / 18).sum()
+    points = 2.8 * (np.arange(10) + 0.5) - 0.5  # cells of 2.8 pixels tiling [-0.5, 27.5]
+    offsets = np.arange(SIDE)[:, None] - points[None, :]
+    expected = np.where(np.abs(offsets) <= 9, np.sqrt(2.8) * np.exp(-(offsets**2) / 18) / total, 0.0)
+    np.testing.assert_allclose(k, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("sigma", [3.0, 4.0])
+def test_the_coarse_lattice_gives_the_pixel_lattices_covariance(sigma):
+    """Per axis, noise variance v: covariance ``v K K^T``. Inside the frame the variances agree
+    to ``2 exp(-pi^2 sigma^2 / s^2)`` (5e-5 at sigma 3 with cells of 2.8 px), at the edge to
+    2.5 %; the covariances to 0.25 % of the variance inside (the Gaussian is cut at 3 sigma),
+    2 % at the edge."""
+    coarse = np.asarray(T.lattice_kernel(sigma, SIDE, 10), np.float64)
+    fine = np.asarray(T.smoothing_matrix(sigma, SIDE), np.float64)
+    c_coarse, c_fine = coarse @ coarse.T, fine @ fine.T
+    inner = slice(int(3 * sigma), SIDE - int(3 * sigma))
+    np.testing.assert_allclose(np.diag(c_coarse)[inner], np.diag(c_fine)[inner], rtol=2e-4)
+    np.testing.assert_allclose(np.diag(c_coarse), np.diag(c_fine), rtol=0.025)
+    np.testing.assert_allclose(c_coarse[inner, inner], c_fine[inner, inner], rtol=0, atol=2.5e-3 * c_fine.max())
+    np.testing.assert_allclose(c_coarse, c_fine, rtol=0, atol=0.02 * c_fine.max())
+
+
+def test_elastic_field_is_alpha_k_w_kt_on_the_lattice_sigma_picks():
+    field = jax.jit(T.elastic_field, static_argnums=1)
+    key = jax.random.key(9)
+    for sigma, count in ((2.4, SIDE), (2.6, 10), (4.0, 10)):  # the coarse lattice from 0.9 * 2.8 = 2.52 px
+        noise = np.asarray(T.uniform_noise(key, (3 * 2 * count, count)), np.float64).reshape(6, count, count)
+        k = np.asarray(T.lattice_kernel(sigma, SIDE, count), np.float64)
+        expected = 5.0 * np.einsum("ij,bkj,lk->bil", k, noise, k).reshape(3, 2, SIDE, SIDE)
+        np.testing.assert_allclose(np.asarray(field(key, 3, 5.0, sigma)), expected, atol=2e-5)
+    for sigma in (2.0, 3.0):
+        np.testing.assert_array_equal(np.asarray(field(key, 3, 0.0, sigma)), 0.0)
+
+
+def test_elastic_field_statistics_match_smoothed_uniform_noise():
+    """Inside the frame, ``alpha K u K^T`` with ``u ~ U(-1, 1)`` has mean 0, standard deviation
+    ``alpha sqrt(1/3) sum_d g(d)^2 / Z^2`` and correlation ``(g*g)(4) / (g*g)(0)`` at 4 pixels;
+    the two axes and the images are independent."""
+    alpha, sigma = 8.0, 3.0
+    field = np.asarray(jax.jit(T.elastic_field, static_argnums=1)(jax.random.key(11), 1024, alpha, sigma), np.float64)
+    g = np.exp(-np.arange(-9, 10) ** 2 / (2 * sigma**2))
+    inner = field[:, :, 9:19, 9:19]
+    assert abs(inner.mean()) < 0.02
+    assert inner.std() == pytest.approx(alpha / np.sqrt(3) * (g**2).sum() / g.sum() ** 2, rel=0.03)  # 0.436 px
+    autocorrelation = np.convolve(g, g)
+    lagged = np.corrcoef(field[:, :, 9:19, 7:17].ravel(), field[:, :, 9:19, 11:21].ravel())[0, 1]
+    assert lagged == pytest.approx(autocorrelation[18 + 4] / autocorrelation[18], abs=0.03)  # 0.641
+    flat = field.reshape(1024, 2, -1)
+    across_axes = [np.corrcoef(f[0], f[1])[0, 1] for f in flat]
+    across_images = [np.corrcoef(a[0], b[0])[0, 1] for a, b in zip(flat[:-1], flat[1:])]
+    assert abs(np.mean(across_axes)) < 0.03 and abs(np.mean(across_images)) < 0.03
+
+
+def test_elastic_field_under_vmap_draws_each_keys_own_field():
+    keys = jax.random.split(jax.random.key(12), 4)
+    together = jax.jit(jax.vmap(lambda k: T.elastic_field(k, 2, 8.0, 3.0)))(keys)
+    for key, field in zip(keys, together):
+        np.testing.assert_allclose(field, jax.jit(T.elastic_field, static_argnums=1)(key, 2, 8.0, 3.0), atol=1e-6)
+    assert not np.allclose(together[0], together[1])
+
+
 def test_augment_is_affine_then_elastic_in_one_resampling():
     images = np.tile(digit()[None], (BATCH, 1))
     affine_key, elastic_key = jax.random.split(KEY)
