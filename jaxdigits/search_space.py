@@ -96,6 +96,9 @@ def parse_param(text: str) -> tuple[str, Any]:
         if len(parts) != 3:
             raise ConfigError(f"--param {text!r}: a range is {parts[0]}:LOW:HIGH")
         return field, {parts[0]: parts[1:]}
+    if len(parts) > 1:
+        raise ConfigError(f"--param {text!r}: {parts[0]!r} is not a kind of range; give one of "
+                          f"{', '.join(KINDS)} first, e.g. {field}=uniform:{':'.join(parts[-2:])}")
     values = [v.replace("x", ",") if field == "hidden" else v for v in value.split(",")]
     return field, values
 

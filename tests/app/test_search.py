@@ -113,6 +113,9 @@ def test_space_files_and_flags_say_the_same(tmp_path):
     from_file = load_space(tmp_path / "space.toml")
     from_flags = load_space(None, ("lr=log:0.01:30", "batch_size=10,32,128", "hidden=16x16,32"))
     assert from_file == from_flags and from_file["hidden"].choices == ((16, 16), (32,))
+    with pytest.raises(jd.ConfigError, match=r"'0.5' is not a kind of range; give one of log, uniform, int, int_log first, "
+                                          r"e.g. momentum=uniform:0.5:0.99"):
+        load_space(None, ("momentum=0.5:0.99",))
 
 
 @pytest.mark.parametrize("flags, message", [
