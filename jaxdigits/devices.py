@@ -64,6 +64,11 @@ class GroupSize(NamedTuple):
     reason: str
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class DeviceWarning(UserWarning):
     """A sweep runs on fewer devices than the host could give it."""
 
@@ -132,7 +137,7 @@ def auto_group_size(config: TrainConfig, inputs: int, classes: int, devices: Seq
     device = devices[0]
     state, activations = member_bytes(config, inputs, classes)
     if device.platform == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         local = max(1, sum(d.process_index == device.process_index for d in devices))
         per_core, source = cpu_cache_per_core()
         cache = per_core * max(1, cores // local)
@@ -190,7 +195,7 @@ def use_cpu_cores(count: int | None = None) -> bool:
                           or jax.config.jax_num_cpu_devices > 0):
         return False  # the device count was chosen already
     if count is None:
-        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        count = usable_cores()
     if jax.config.jax_num_cpu_devices == count:
         return True
     try:

@@ -47,7 +47,7 @@ from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import group_configs, memory_estimate
 from jaxdigits.data import load_mnist
 from jaxdigits.devices import (DeviceWarning, agree_on_done, agree_on_sizes, auto_sizes, check_fits, config_mesh, layout_line,
-                               mesh_for, use_cpu_cores)
+                               mesh_for, usable_cores, use_cpu_cores)
 from jaxdigits.driver import NO_SINK, DeviceData, check_selection, put_data, run_group
 from jaxdigits.interrupts import check
 from jaxdigits.progress import Progress
@@ -171,7 +171,7 @@ def _check_options(devices, cpu_devices: int | None, max_group_size: int | None,
 @functools.lru_cache(maxsize=1)
 def say_fewer_devices() -> None:
     """Once per process: a CPU-only sweep that could not make each core a device says why."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if jax.default_backend() == "cpu" and jax.device_count() < cores and jax.config.jax_num_cpu_devices <= 0 \
             and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         warnings.warn(f"jd.sweep runs on {jax.device_count()} CPU device(s) of {cores} cores: JAX started before the "
