@@ -72,13 +72,15 @@ def bilinear(images: Array, rows: Array, cols: Array) -> Array:
     the frame: ``top = (1-wc) x[r0, c0] + wc x[r0, c0+1]``, ``bottom`` the same on row
     ``r0 + 1``, and ``v = (1-wr) top + wr bottom``. At integer points the weights are exactly
     1 and 0, and as ``(1 - w) + w = 1`` holds in float32 here, values in [0, 1] stay in [0, 1].
+    uint8 images are sampled as their byte values, in float32.
     """
     side = image_side(images)
+    dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32  # bytes: float32
     # Far-away points (even infinite ones) stay out of the frame but give finite indices.
     rows = jnp.clip(rows, -2.0, side + 1.0)
     cols = jnp.clip(cols, -2.0, side + 1.0)
     r0, c0 = jnp.floor(rows), jnp.floor(cols)
-    wr, wc = (rows - r0).astype(images.dtype), (cols - c0).astype(images.dtype)
+    wr, wc = (rows - r0).astype(dtype), (cols - c0).astype(dtype)
     r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
 
     def pixel(r: Array, c: Array) -> Array:
@@ -193,7 +195,7 @@ def random_affine_matrices(
     shift_px: Array = 0.0,
 ) -> Array:
     """``num`` random sampling matrices ``(num, 2, 3)``; see ``random_affine`` for the draws."""
-    u = jax.random.uniform(key, (num, 5), jnp.float32, -1.0, 1.0)
+    u = uniform_noise(key, (num, 5))
     rotation = u[:, 0] * rotation_deg
     scales = jnp.exp(u[:, 1] * jnp.log1p(jnp.asarray(scale, jnp.float32)))
     shear = u[:, 2] * shear_deg

@@ -3,6 +3,7 @@ stalled runs, float64 end to end, programs keyed by what they compute, the real 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -197,8 +198,11 @@ def test_dropout_is_on_in_training_and_off_at_evaluation():
     assert objective(network, x, y, jax.random.PRNGKey(1)) == dropped[0]
 
 
-def test_augmentation_changes_training_but_not_the_batches():
+@pytest.mark.parametrize("stored", ["floats", "pixel bytes"])
+def test_augmentation_changes_training_but_not_the_batches(stored):
     data = synthetic_dataset(100, 20)
+    if stored == "pixel bytes":  # whole 255ths sit on the device as uint8 and are resampled as bytes
+        data = dataclasses.replace(data, train_images=np.round(data.train_images * 255).astype(np.uint8) / np.float32(255))
     plain = jd.train(jd.TrainConfig(epochs=1, lr=1.0), data)
     augmented = jd.train(jd.TrainConfig(epochs=1, lr=1.0, augment="affine"), data)
     zero = jd.train(jd.TrainConfig(epochs=1, lr=1.0, augment="affine", rotation=0, scale=0, shear=0, shift=0), data)

@@ -81,6 +81,30 @@ def test_mnist_sits_on_the_device_as_uint8_and_becomes_exactly_the_same_floats(m
     assert epoch_module.device_images(noisy, "float32").dtype == np.float32  # not whole 255ths: kept as floats
 
 
+def test_byte_fractions_are_numpys_division_for_every_byte_jitted_and_eager():
+    values = np.arange(256, dtype=np.float32)
+    expected = values / np.float32(255)
+    for fractions in (epoch_module.byte_fractions, jax.jit(epoch_module.byte_fractions)):
+        np.testing.assert_array_equal(np.asarray(fractions(jnp.asarray(values))), expected)  # bit for bit
+    blends = np.random.default_rng(0).uniform(0, 255, 10_000).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(jax.jit(epoch_module.byte_fractions)(blends)), blends / np.float32(255),
+                               rtol=1.2e-7, atol=0)  # within an ulp
+
+
+@pytest.mark.parametrize("augment", ["affine", "elastic"])
+def test_augmenting_bytes_gives_the_floats_path_and_zero_strengths_give_the_inputs_exactly(augment):
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 784), dtype=np.uint8)
+    floats = epoch_module.pixel_values(np.float32)[pixels]
+    config = jd.TrainConfig(augment=augment, rotation=12.0, shear=8.0, elastic_alpha=30.0)
+    key = jax.random.PRNGKey(3)
+    from_bytes = jax.jit(lambda x: epoch_module.augment_batch(config, key, x))(pixels)
+    from_floats = jax.jit(lambda x: epoch_module.augment_batch(config, key, x))(floats)
+    assert from_bytes.dtype == np.float32 and not np.array_equal(from_bytes, floats)
+    np.testing.assert_allclose(from_bytes, from_floats, rtol=1e-6, atol=1e-6)
+    zero = config.replace(rotation=0.0, scale=0.0, shear=0.0, shift=0.0, elastic_alpha=0.0)
+    np.testing.assert_array_equal(jax.jit(lambda x: epoch_module.augment_batch(zero, key, x))(pixels), floats)
+
+
 def test_make_epoch_takes_numpy_arrays_outside_jit_and_gives_the_jitted_numbers():
     data = synthetic_dataset(100, 10)
     config = jd.TrainConfig(hidden=(16,), epochs=1)
