@@ -136,7 +136,7 @@ def images_from_idx(raw: np.ndarray, path: Path) -> np.ndarray:
     """``(N, 28, 28) uint8`` -> ``(N, 784) float32`` in [0, 1]."""
     if raw.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataError(f"{path}: wrong image dimensions {raw.shape[1:]}, expected (28, 28)")
-    return raw.reshape(len(raw), IMAGE_SIDE * IMAGE_SIDE).astype(np.float32) / 255.0
+    return raw.reshape(len(raw), IMAGE_SIDE * IMAGE_SIDE) / np.float32(255)  # one pass, float32(u) / 255
 
 
 def labels_from_idx(raw: np.ndarray, path: Path) -> np.ndarray:

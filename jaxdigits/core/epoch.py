@@ -39,6 +39,12 @@ class TrainState(NamedTuple):
 
 def run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(init_key, shuffle_key)`` for a seed; epoch ``k`` shuffles with ``fold_in(shuffle_key, k)``."""
+    return _run_keys(np.uint32(seed) if isinstance(seed, (int, np.integer)) else seed)  # seeds reach 2**32 - 1
+
+
+@jax.jit
+def _run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    # One small program: op by op, the key's seeding, split and unstacking compile five.
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
     return init_key, shuffle_key
 
