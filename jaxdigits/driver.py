@@ -163,16 +163,18 @@ def single_trainer(config: TrainConfig, data: DeviceData, start: Start) -> Train
     alive, began, strengths = jnp.asarray(True), time.perf_counter(), augment_strengths(config)
     fresh = lambda: init_state(config, init_key, data.inputs, data.classes)  # noqa: E731
     shapes = start.state if start.state is not None else jax.eval_shape(fresh)
-    with ThreadPoolExecutor(1) as pool:  # the epoch compiles while the initial state does
+    score = jitted(make_score, config)
+    with ThreadPoolExecutor(1) as pool:  # the epoch compiles while the initial state and the scoring do
         compiling = pool.submit(compiled, make_guarded_epoch, config, shapes, alive, shuffle_key, data.train_images,
                                 data.train_labels, strengths)
         state = start.state if start.state is not None else fresh()
+        jax.block_until_ready(score(state.params, *data.chunks["train"][0]))  # compiled here, not after epoch 1
         epoch_fn = compiling.result()
 
     def epoch(state, alive, number):
         return epoch_fn(state, alive, jax.random.fold_in(shuffle_key, number), data.train_images, data.train_labels, strengths)
 
-    return Trainer(state, epoch, jitted(make_score, config), [()], alive.sharding, 1, time.perf_counter() - began)
+    return Trainer(state, epoch, score, [()], alive.sharding, 1, time.perf_counter() - began)
 
 
 def group_trainer(configs: Sequence[TrainConfig], data: DeviceData, mesh: Mesh, exact: bool) -> Trainer:

@@ -37,6 +37,24 @@ def finished(study) -> list:
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
+def worker_database(url: str) -> str:
+    """``url`` itself, or under pytest-xdist a database of this worker's own beside it (created
+    once), so that tests running side by side never drop each other's tables."""
+    import sqlalchemy
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    base = sqlalchemy.engine.make_url(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    name = f"{base.database}_{worker}"
+    engine = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        if not connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://", 1)
+
+
 @pytest.fixture
 def postgres_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
@@ -46,6 +64,7 @@ def postgres_url() -> str:
         pytest.skip(f"set {POSTGRES_ENV} to a PostgreSQL database URL (bash .ci/postgres starts one)")
     import sqlalchemy
 
+    url = worker_database(url)
     engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:  # a clean database for each test
         connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
