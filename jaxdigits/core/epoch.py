@@ -39,14 +39,19 @@ class TrainState(NamedTuple):
 
 def run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(init_key, shuffle_key)`` for a seed; epoch ``k`` shuffles with ``fold_in(shuffle_key, k)``."""
-    return _run_keys(np.uint32(seed) if isinstance(seed, (int, np.integer)) else seed)  # seeds reach 2**32 - 1
+    if isinstance(seed, (int, np.integer)):
+        if not 0 <= seed < 2**32:
+            return _split_seed(seed)  # whatever JAX makes of other integers, op by op
+        seed = np.uint32(seed)  # the same key as the Python int, up to 2**32 - 1
+    return _compiled_split_seed(seed)
 
 
-@jax.jit
-def _run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
-    # One small program: op by op, the key's seeding, split and unstacking compile five.
+def _split_seed(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
     return init_key, shuffle_key
+
+
+_compiled_split_seed = jax.jit(_split_seed)  # one small program; op by op the seeding, split and unstacking compile five
 
 
 def check_dtype(config: TrainConfig) -> None:

@@ -81,7 +81,7 @@ def test_mnist_sits_on_the_device_as_uint8_and_becomes_exactly_the_same_floats(m
     assert epoch_module.device_images(noisy, "float32").dtype == np.float32  # not whole 255ths: kept as floats
 
 
-@pytest.mark.parametrize("seed", [0, 7, 2**31, 2**32 - 1])
+@pytest.mark.parametrize("seed", [0, 7, 2**31, 2**32 - 1, -1])
 def test_run_keys_are_the_split_of_the_seeds_key_for_every_32_bit_seed(seed):
     init_key, shuffle_key = run_keys(seed)
     expected = jax.random.split(jax.random.PRNGKey(seed))
