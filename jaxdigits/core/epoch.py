@@ -227,7 +227,8 @@ def augment_batch(config: TrainConfig, key: jax.Array, images: jax.Array, streng
         out = transforms.random_affine(key, images, *affine)
     else:
         out = transforms.augment(key, images, *affine, s["elastic_alpha"], s["elastic_sigma"])
-    return byte_fractions(out) if bytes_ else out.astype(dtype)
+    # A blend of equal bytes can round a hair above them (255.00003): clipped, floats stay in [0, 1].
+    return byte_fractions(jnp.clip(out, 0, 255)) if bytes_ else out.astype(dtype)
 
 
 def make_epoch(config: TrainConfig, parts: bool = False) -> Callable[..., tuple[TrainState, jax.Array]]:
@@ -301,7 +302,8 @@ def make_train(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array
                               f"{', '.join(UPDATE_NUMBERS + AUGMENT_NUMBERS)}")
         strengths = {**augment_strengths(config), **{k: v for k, v in given.items() if k in AUGMENT_NUMBERS}}
         init_key, shuffle_key = run_keys(seed)
-        state = init_state(config, init_key, images.shape[1], num_classes, update=given)
+        update = {k: v for k, v in given.items() if k in UPDATE_NUMBERS}  # the strengths go to the epochs
+        state = init_state(config, init_key, images.shape[1], num_classes, update=update)
 
         def one_epoch(carry, epoch):
             state, alive = carry

@@ -112,6 +112,14 @@ def test_augmenting_bytes_gives_the_floats_path_and_zero_strengths_give_the_inpu
     np.testing.assert_array_equal(jax.jit(lambda x: epoch_module.augment_batch(zero, key, x))(pixels), floats)
 
 
+@pytest.mark.parametrize("augment", ["affine", "elastic"])
+def test_augmented_white_bytes_never_come_out_above_one(augment):
+    white = np.full((4096, 4), 255, np.uint8)  # 2 x 2 images: blends of 255 with weights like 0.198 round up
+    config = jd.TrainConfig(augment=augment, rotation=1.0, scale=0.0, shear=0.0, shift=0.3, elastic_alpha=0.5)
+    out = jax.jit(lambda x, key: epoch_module.augment_batch(config, key, x))(white, jax.random.PRNGKey(0))
+    assert float(out.max()) == 1.0 and float(out.min()) >= 0.0
+
+
 def test_make_epoch_takes_numpy_arrays_outside_jit_and_gives_the_jitted_numbers():
     data = synthetic_dataset(100, 10)
     config = jd.TrainConfig(hidden=(16,), epochs=1)
