@@ -224,6 +224,19 @@ def test_the_gradient_of_a_whole_run_with_respect_to_l2_and_dropout_matches_fini
         run(0, {"lr": 0.5, "hidden": 3}, images, labels, 10)
 
 
+def test_make_train_takes_augmentation_strengths_as_numbers_and_uses_them():
+    data = synthetic_dataset(40, 4)
+    config = jd.TrainConfig(hidden=(6,), lr=0.5, epochs=1, batch_size=10, augment="affine", rotation=0.0, scale=0.0,
+                            shear=0.0, shift=0.0)
+    run = jax.jit(jd.make_train(config), static_argnums=4)
+    images, labels = jnp.asarray(data.train_images), jnp.asarray(data.train_labels)
+    still, _, _ = run(0, {"lr": 0.5, "rotation": 0.0}, images, labels, 10)
+    turned, _, _ = run(0, {"lr": 0.5, "rotation": 20.0}, images, labels, 10)
+    plain = jd.make_train(config.replace(augment="none"))(0, 0.5, images, labels, 10)[0]
+    chex.assert_trees_all_equal(still.params, plain.params)  # zero strength: the unaugmented run
+    assert not np.array_equal(turned.params[0]["w"], still.params[0]["w"])
+
+
 @pytest.mark.parametrize("init", ["lesson", "he", "glorot"])
 def test_the_initial_state_is_the_same_from_its_own_program_and_inside_a_users_jit(init):
     config = jd.TrainConfig(init=init, optimizer="adam", hidden=(16, 16))
