@@ -49,6 +49,7 @@ def register_activation(name: str, function: Callable[[jax.Array], jax.Array]) -
         raise InputError(f"activation {name!r} is taken; register yours under another name")
     ACTIVATIONS[name] = function
 
+
 def _lesson_init(w, b, fan_in, fan_out):
     return w / jnp.sqrt(jnp.asarray(fan_in, w.dtype)), b
 

@@ -26,11 +26,10 @@ serves a whole robustness curve). Randomness comes only from an explicit ``key``
 Cost, inside the compiled training epoch on a 2-core CPU (``experiments/epoch_speed.py``, see
 docs/performance.md): ``random_affine`` makes an epoch of 784-800-10 at batch 128 1.1 times as
 long, one of 784-100-10 at batch 64 1.3 times; that is the bilinear resampling, four gathers
-per output pixel (of uint8 pixels, which ``bilinear`` samples as their byte values). ``augment``
-with the elastic field: 1.2 and 1.9 times. The field's noise is
-100 draws per image and axis on a coarse lattice (``elastic_field``), by Threefry written out
-round by round (``threefry2x32``); drawn on every pixel with ``jax.random`` it made these 1.6
-and 3.6. Chaining ``elastic(random_affine(...))`` in one jit costs several times ``augment``.
+per output pixel (of uint8 pixels, which ``bilinear`` samples as their byte values).
+``augment`` with the elastic field: 1.2 and 1.9 times. The field's noise is 100 draws per
+image and axis on a coarse lattice (``elastic_field``), by Threefry written out round by round
+(``threefry2x32``); drawn on every pixel with ``jax.random`` it made these 1.8 and 4.9. Chaining ``elastic(random_affine(...))`` in one jit costs several times ``augment``.
 """
 
 from __future__ import annotations
