@@ -311,14 +311,18 @@ def lattice_kernel(sigma: Array, side: int, count: int) -> Array:
     """
     sigma = jnp.asarray(sigma, jnp.float32)
     spacing = side / count
+    # Divisions only of scalars: XLA's CPU code divides arrays by multiplying with a rounded
+    # reciprocal, in some programs and not others (one device alone, or one of several), and
+    # the kernel must be the same bits wherever it is computed (exact sweeps equal ``train``).
+    exponent = -0.5 / sigma**2
     d = jnp.arange(-(side - 1), side, dtype=jnp.float32)
-    g = jnp.where(d == 0, 1.0, jnp.exp(-(d**2) / (2 * sigma**2)))
+    g = jnp.where(d == 0, 1.0, jnp.exp(d**2 * exponent))
     total = jnp.where(jnp.abs(d) <= 3 * sigma, g, 0.0).sum()
     points = -0.5 + spacing * (jnp.arange(count, dtype=jnp.float32) + 0.5)
     offsets = jnp.arange(side, dtype=jnp.float32)[:, None] - points[None, :]
-    k = jnp.where(offsets == 0, 1.0, jnp.exp(-(offsets**2) / (2 * sigma**2)))
+    k = jnp.where(offsets == 0, 1.0, jnp.exp(offsets**2 * exponent))
     k = jnp.where(jnp.abs(offsets) <= 3 * sigma, k, 0.0)
-    return k / total * math.sqrt(spacing)
+    return k * (math.sqrt(spacing) / total)
 
 
 def lattice_field(key: Array, num: int, alpha: Array, sigma: Array, side: int, count: int) -> Array:
