@@ -210,7 +210,7 @@ def _forward(network: Network, images: jax.Array, dropout: float = 0.0, key: jax
         a = act(a @ layer["w"] + layer["b"])
         if dropping:
             keep = jax.random.bernoulli(jax.random.fold_in(key, number), 1.0 - dropout, a.shape)
-            a = jnp.where(keep, a / (1.0 - dropout), 0.0)
+            a = jnp.where(keep, a * (1.0 / (1.0 - dropout)), 0.0)  # a scalar division (see lattice_kernel)
     return a @ network.layers[-1]["w"] + network.layers[-1]["b"]
 
 

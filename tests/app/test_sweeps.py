@@ -350,16 +350,19 @@ def test_a_sweep_over_l2_dropout_momentum_and_rotation_is_one_program_whose_memb
     assert len(curves) == 4  # each member trained with its own numbers, not the program's stand-ins
 
 
-def test_an_exact_sweep_over_elastic_strengths_and_seeds_gives_each_member_the_numbers_of_train():
-    # Rows of several strengths spread over the devices: the elastic field's Gaussian weights must
-    # be the same bits on each device as in a run alone (they once were not, by 2e-7).
-    grid = dict(hidden=[(8,)], lr=[1.0], augment=["elastic"], elastic_alpha=[8.0, 4.0], elastic_sigma=[1.5, 3.0],
-                seed=[0, 1], batch_size=[20], epochs=1)
+@pytest.mark.parametrize("grid", [
+    dict(augment=["elastic"], elastic_alpha=[8.0, 4.0], elastic_sigma=[1.5, 3.0]),
+    dict(dropout=[0.2, 0.4], optimizer=["adam"], lr=[1e-2, 3e-2]),
+], ids=["elastic", "dropout"])
+def test_an_exact_sweep_spread_over_devices_gives_each_member_the_numbers_of_train(grid):
+    # Rows spread over the devices: the elastic field's Gaussian weights and dropout's scaling
+    # must be the same bits on each device as in a run alone (they once were not, by 2e-7: XLA
+    # divided their arrays through a rounded reciprocal in one program and not the other).
+    grid = {"hidden": [(8,)], "lr": [1.0], "seed": [0, 1], "batch_size": [20], "epochs": 1, **grid}
     result = jd.sweep(data=DATA, exact=True, keep="all", **grid)
     assert len(result.records) == 8
     for record in result.records:
-        config = jd.TrainConfig(**{k: record[k] for k in ("lr", "augment", "elastic_alpha", "elastic_sigma", "seed",
-                                                         "batch_size", "epochs")}, hidden=(8,))
+        config = jd.TrainConfig(**{k: record[k] for k in grid if k != "hidden"}, hidden=(8,))
         alone = jd.train(config, DATA)
         chex.assert_trees_all_equal(result.networks[record["id"]], alone.params)
 
