@@ -192,7 +192,9 @@ def test_a_killed_worker_loses_nothing_finished_and_its_trials_are_retried(tmp_p
             states = [t.state for t in study.get_trials()]
         except KeyError:  # the study is not created yet
             states = []
-        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+        # A whole pair finished and the next pair started: killed now, it dies mid-trial. (One
+        # COMPLETE beside one RUNNING can be the first pair's two trials a moment apart.)
+        if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
             break
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
@@ -207,7 +209,8 @@ def test_a_killed_worker_loses_nothing_finished_and_its_trials_are_retried(tmp_p
     failed = {t.number: t.params for t in study.get_trials(states=(TrialState.FAIL,))}
     assert set(running) <= set(failed)  # the killed worker's trials were failed ...
     retried = [t.params for t in finished(study) if t.system_attrs.get("failed_trial") in running]
-    assert sorted(map(str, retried)) == sorted(map(str, running.values()))  # ... and run again with their parameters
+    # ... and run again with their parameters (a trial killed before it was given any has none to keep)
+    assert {str(p) for p in running.values() if p} <= set(map(str, retried))
 
 
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_asked_again(tmp_path):
