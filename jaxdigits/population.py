@@ -26,11 +26,9 @@ from jaxdigits.core.epoch import augment_strengths, init_state, run_keys
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.group import MESH_AXIS, fetch_global, group_epoch, group_score, put_global
 from jaxdigits.core.metrics import chunked_mean
+from jaxdigits.core.optimizers import state_numbers
 from jaxdigits.core.programs import compiled, jitted
 from jaxdigits.driver import DeviceData, keep_where
-
-# A config's update number by the name the optimizer state holds it under.
-STATE_NAMES = {"lr": "learning_rate"}
 
 
 class EpochResult(NamedTuple):
@@ -109,7 +107,7 @@ class Population:
         if program_key(config) != self.program:
             raise ConfigError("a population trains configurations of one program; this one differs")
         index, origin = jnp.asarray(row, jnp.int32), jnp.asarray(source, jnp.int32)
-        held = {STATE_NAMES.get(name, name): float(value) for name, value in numbers(config, UPDATE_NUMBERS).items()}
+        held = {name: float(value) for name, value in state_numbers(numbers(config, UPDATE_NUMBERS)).items()}
         self.states, self.best = _branch(self.states, self.best, origin, index, held)
         self.keys = _set_row(self.keys, index, run_keys(config.seed)[1])
         self.strengths = _set_row(self.strengths, index, augment_strengths(config))

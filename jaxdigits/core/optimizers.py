@@ -42,6 +42,12 @@ OPTIMIZER_NUMBERS: dict[str, tuple[str, ...]] = {"sgd": (), "momentum": ("moment
 # Every number of the update, as the optimizer state holds it (``learning_rate`` is ``lr``).
 STATE_NUMBERS = {"learning_rate": 0.1, "l2": 0.0, "dropout": 0.0, "momentum": 0.9, "b1": 0.9, "b2": 0.999}
 
+
+def state_numbers(numbers: Mapping[str, float | jax.Array]) -> dict[str, float | jax.Array]:
+    """The update's numbers, named as in the config (``lr``, ``l2``, ...), by the names the
+    optimizer state holds them under (``learning_rate``, ``l2``, ...)."""
+    return {("learning_rate" if name == "lr" else name): value for name, value in numbers.items()}
+
 # Schedules over a run of ``total`` steps, as optax schedules with peak 1: the step size at step
 # ``t`` is ``lr * schedule(t)``, so the learning rate stays a traced value.
 SCHEDULES: dict[str, Callable[[int], optax.Schedule] | None] = {
@@ -104,5 +110,5 @@ def make_optimizer(
         inner = factory(learning_rate if fixed_rate is None else fixed_rate, **{name: given[name] for name in takes})
         return inner if unit is None else optax.chain(inner, optax.scale_by_schedule(unit))
 
-    values = {**STATE_NUMBERS, **{k: v for k, v in (numbers or {}).items() if k != "lr"}, "learning_rate": learning_rate}
+    values = {**STATE_NUMBERS, **state_numbers({**(numbers or {}), "lr": learning_rate})}
     return optax.inject_hyperparams(build)(**values)
