@@ -35,6 +35,15 @@ def test_inits_draw_their_formulas(init, check):
     assert check(np.asarray(network[0]["w"]), np.asarray(network[0]["b"]), 784)
 
 
+def test_init_mlp_is_one_draw_cut_into_w0_b0_w1_b1_in_order():
+    key = jax.random.PRNGKey(4)
+    network = jd.init_mlp(key, (5, 3, 2))  # lesson: w = z / sqrt(fan_in), b = z
+    z = np.asarray(jax.random.normal(key, (5 * 3 + 3 + 3 * 2 + 2,)))
+    pieces = [np.asarray(network[0]["w"]).ravel() * np.sqrt(5), network[0]["b"],
+              np.asarray(network[1]["w"]).ravel() * np.sqrt(3), network[1]["b"]]
+    np.testing.assert_allclose(np.concatenate(pieces), z, rtol=1e-6)
+
+
 def test_forward_is_the_layer_formula_for_each_activation():
     params = jd.init_mlp(jax.random.PRNGKey(1), (784, 5, 3, 10))
     x = np.asarray(jax.random.uniform(jax.random.PRNGKey(2), (4, 784)))
