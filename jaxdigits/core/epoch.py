@@ -95,15 +95,13 @@ def _shape_of(what: str, function: Callable, *args) -> tuple:
 
 
 def init_state(
-    config: TrainConfig, init_key: jax.Array, inputs: int, classes: int, learning_rate: float | jax.Array | None = None,
-    update: dict[str, float | jax.Array] | None = None,
+    config: TrainConfig, init_key: jax.Array, inputs: int, classes: int, update: dict[str, float | jax.Array] | None = None,
 ) -> TrainState:
     """A fresh network of ``inputs``-``config.hidden``-``classes`` (computing with the config's
     activation and its cost's output function) and its optimizer state, which holds the update's
-    numbers: the config's, or those in ``update`` (``{"lr": ..., "l2": ...}``) and
-    ``learning_rate``. Any of them may be a traced value, so one compiled program can start many."""
+    numbers: the config's, or those in ``update`` (``{"lr": ..., "l2": ...}``). Any of them may
+    be a traced value, so one compiled program can start many."""
     values = {**numbers(config, UPDATE_NUMBERS), **(update or {})}
-    values["lr"] = values["lr"] if learning_rate is None else learning_rate
     if not takes_traced_rate(config.optimizer):  # its rate must stay a Python number
         return _fresh_state(config, inputs, classes, init_key, values)
     # One compiled program per structure: drawn op by op, the initial weights cost a compilation each.
