@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from jaxdigits.core.costs import COSTS
 from jaxdigits.core.dataset import DATASETS
@@ -229,6 +229,13 @@ AUGMENT_NUMBERS = ("rotation", "scale", "shear", "shift", "elastic_alpha", "elas
 # l2 and dropout switched off cost nothing; switched on, their value is traced: off and on are
 # two programs, and the key holds this stand-in value for "on".
 SWITCHED_ON = {"l2": 1.0, "dropout": 0.5}
+
+
+def switched_on(config: TrainConfig, given: Iterable[str]) -> TrainConfig:
+    """``config`` with ``l2`` and ``dropout`` switched on (``SWITCHED_ON``'s stand-in) where the
+    config has them off but ``given`` names them: a value given for them is used, not ignored."""
+    given = set(given)
+    return config.replace(**{name: on for name, on in SWITCHED_ON.items() if name in given and not getattr(config, name)})
 
 
 def numbers(config: TrainConfig, names: tuple[str, ...]) -> dict[str, float]:

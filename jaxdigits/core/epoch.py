@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from jaxdigits.core import transforms
-from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS, TrainConfig, numbers, program_key
+from jaxdigits.core.config import AUGMENT_NUMBERS, UPDATE_NUMBERS, TrainConfig, numbers, program_key, switched_on
 from jaxdigits.core.costs import make_objective_parts, resolve_cost
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.model import Network, init_mlp
@@ -289,8 +289,8 @@ def make_train(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array
     differentiated with respect to them. ``numbers`` is the learning rate, or a dict of any of
     ``UPDATE_NUMBERS`` and ``AUGMENT_NUMBERS`` (``{"lr": 0.1, "l2": 1e-4}``; the rest are the
     config's). It starts as ``train`` starts a run (``run_keys``, ``init_state``) and draws the
-    same batches, epoch ``k`` with ``fold_in(shuffle_key, k)``; ``num_classes`` is a Python int."""
-    guarded = make_guarded_epoch(config)
+    same batches, epoch ``k`` with ``fold_in(shuffle_key, k)``; ``num_classes`` is a Python int.
+    An ``l2`` or ``dropout`` given here is used even where the config has it off (0)."""
 
     def train(seed, numbers_or_rate, images, labels, num_classes: int):
         given = dict(numbers_or_rate) if isinstance(numbers_or_rate, dict) else {"lr": numbers_or_rate}
@@ -298,6 +298,7 @@ def make_train(config: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array
         if unknown:
             raise ConfigError(f"make_train: {unknown} are not numbers a run takes as values; give any of "
                               f"{', '.join(UPDATE_NUMBERS + AUGMENT_NUMBERS)}")
+        guarded = make_guarded_epoch(switched_on(config, given))
         strengths = {**augment_strengths(config), **{k: v for k, v in given.items() if k in AUGMENT_NUMBERS}}
         init_key, shuffle_key = run_keys(seed)
         update = {k: v for k, v in given.items() if k in UPDATE_NUMBERS}  # the strengths go to the epochs

@@ -224,6 +224,18 @@ def test_the_gradient_of_a_whole_run_with_respect_to_l2_and_dropout_matches_fini
         run(0, {"lr": 0.5, "hidden": 3}, images, labels, 10)
 
 
+def test_make_train_uses_l2_and_dropout_given_as_numbers_where_the_config_has_them_off():
+    data = synthetic_dataset(40, 4)
+    images, labels = jnp.asarray(data.train_images, jnp.float32), jnp.asarray(data.train_labels)
+    off = jd.TrainConfig(hidden=(6,), lr=0.5, epochs=2, batch_size=10, cost="cross_entropy")
+    given = {"lr": 0.5, "l2": 1e-2, "dropout": 0.2}
+    taken = jd.make_train(off)(0, given, images, labels, 10)[0]
+    on = jd.make_train(off.replace(l2=1e-2, dropout=0.2))(0, given, images, labels, 10)[0]
+    plain = jd.make_train(off)(0, {"lr": 0.5}, images, labels, 10)[0]
+    chex.assert_trees_all_equal(taken.params, on.params)
+    assert not np.array_equal(taken.params[0]["w"], plain.params[0]["w"])
+
+
 def test_make_train_takes_augmentation_strengths_as_numbers_and_uses_them():
     data = synthetic_dataset(40, 4)
     config = jd.TrainConfig(hidden=(6,), lr=0.5, epochs=1, batch_size=10, augment="affine", rotation=0.0, scale=0.0,
