@@ -354,21 +354,31 @@ class FolderLock:
 # Files that mark a folder as a training run's or a sweep's.
 RUN_MARKERS = ("params.safetensors", "checkpoint.safetensors", "run.json", "history.json")
 SWEEP_MARKERS = ("sweep.json", "results.jsonl")
+SEARCH_MARKERS = ("study.db", "trials")  # the study's default database, the best trials' networks
+KINDS = {"run": "a training run", "sweep": "a sweep", "search": "a search"}
 
 
 def folder_kind(folder: Path) -> str | None:
-    """``"run"``, ``"sweep"`` or ``None``: what jaxdigits output ``folder`` already holds."""
-    if any((folder / name).exists() for name in SWEEP_MARKERS):
-        return "sweep"
-    if any((folder / name).exists() for name in RUN_MARKERS):
-        return "run"
+    """``"run"``, ``"sweep"``, ``"search"`` or ``None``: what jaxdigits output ``folder`` already holds."""
+    for kind, markers in (("sweep", SWEEP_MARKERS), ("run", RUN_MARKERS), ("search", SEARCH_MARKERS)):
+        if any((folder / name).exists() for name in markers):
+            return kind
     return None
+
+
+def refuse_other_kind(folder: Path, kind: str) -> str | None:
+    """What ``folder`` holds (``folder_kind``), refused in one line when it is another kind than
+    ``kind`` (a key of ``KINDS``): outputs of two kinds in one folder would mix."""
+    found = folder_kind(folder)
+    if found is not None and found != kind:
+        raise RunFolderError(f"{folder} holds {KINDS[found]}, not {KINDS[kind]}; give a new --out")
+    return found
 
 
 def claim_folder(folder: str | os.PathLike, kind: str, own_files: Iterable[str], *, resume: bool, overwrite: bool) -> FolderLock:
     """Claim ``folder`` as the ``--out`` of a ``kind`` (``"run"`` or ``"sweep"``); return its held lock.
 
-    Refuses a path that is a file or empty, and a folder holding the other kind of output. A folder
+    Refuses a path that is a file or empty, and a folder holding another kind of output. A folder
     holding this kind is resumed with ``resume``, replaced with ``overwrite`` (only ``own_files``
     are removed; unrelated files are always left alone), and refused otherwise.
     """
@@ -376,10 +386,7 @@ def claim_folder(folder: str | os.PathLike, kind: str, own_files: Iterable[str],
     lock = FolderLock(folder)
     lock.acquire()
     try:
-        found = folder_kind(folder)
-        if found is not None and found != kind:
-            other = {"run": "a training run", "sweep": "a sweep"}[found]
-            raise RunFolderError(f"{folder} holds {other}, not a {'sweep' if kind == 'sweep' else 'training run'}; give a new --out")
+        found = refuse_other_kind(folder, kind)
         if found == kind and overwrite:
             for name in own_files:
                 (folder / name).unlink(missing_ok=True)

@@ -729,7 +729,7 @@ def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None
     """``(records, problems, planned)`` of the sweep in ``folder``, every line of its results
     checked first (``sweep_folder.scan_results``); refused in one line when it is no sweep, has
     nothing finished, holds a bad record, or ``out_dir`` holds a run or a sweep."""
-    from jaxdigits.files import folder_kind
+    from jaxdigits.files import KINDS, folder_kind
     from jaxdigits.records import RecordError
     from jaxdigits.sweep_folder import RESULTS_FILE, ResultsWarning, SweepFolder, scan_results
 
@@ -738,7 +738,7 @@ def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None
     if folder_kind(folder) == "run":
         raise RunFolderError(f"{folder} holds a training run, not a sweep; use `jaxdigits report` for it")
     if out_dir is not None and Path(out_dir).is_dir() and folder_kind(Path(out_dir)) is not None:
-        raise RunFolderError(f"{out_dir} holds a training run or a sweep; give the report a folder of its own")
+        raise RunFolderError(f"{out_dir} holds {KINDS[folder_kind(Path(out_dir))]}; give the report a folder of its own")
     path = folder / RESULTS_FILE
     if not path.is_file() or not path.stat().st_size:
         raise RunFolderError(f"{folder}: no finished configurations in {RESULTS_FILE} yet; "

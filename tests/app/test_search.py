@@ -114,6 +114,20 @@ def test_running_the_search_again_resumes_the_study(tmp_path):
         search({"lr": {"log": [0.1, 1.0]}}, DATA, trials=8, epochs=2, validation=100, out_dir=tmp_path, base=BASE)
 
 
+def test_a_search_and_a_run_or_sweep_never_share_a_folder(tmp_path):
+    jd.train(BASE.replace(epochs=1), DATA, out_dir=tmp_path / "run")
+    jd.sweep(data=DATA, lr=[1.0], epochs=1, out_dir=tmp_path / "sweep")
+    for kind, folder in (("a training run", "run"), ("a sweep", "sweep")):
+        with pytest.raises(jd.RunFolderError, match=f"holds {kind}, not a search; give a new --out"):
+            search(SPACE, DATA, trials=1, epochs=1, validation=100, out_dir=tmp_path / folder, base=BASE)
+        assert not (tmp_path / folder / "study.db").exists()
+    search(SPACE, DATA, trials=1, epochs=1, validation=100, out_dir=tmp_path / "search", base=BASE)
+    with pytest.raises(jd.RunFolderError, match="holds a search, not a training run"):
+        jd.train(BASE.replace(epochs=1), DATA, out_dir=tmp_path / "search", overwrite=True)
+    with pytest.raises(jd.RunFolderError, match="holds a search, not a sweep"):
+        jd.sweep(data=DATA, lr=[1.0], epochs=1, out_dir=tmp_path / "search")
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"lr": {"log": [3.0, 1.0]}}, "empty or inverted"), ({"lr": {"uniform": [1.0, 1.0]}}, "empty or inverted"),
     ({"l2": {"log": [0.0, 1e-3]}}, "needs low > 0"), ({"activation": {"uniform": [0, 1]}}, "is not a number"),
