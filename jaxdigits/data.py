@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxdigits.core.dataset import DATASETS, MNIST_SIDE as IMAGE_SIDE, DataWarning, Dataset
-from jaxdigits.core.errors import DataError
+from jaxdigits.core.errors import ConfigError, DataError
 from jaxdigits.files import check_regular_file, open_regular_file
 
 DATA_DIR_ENV = "JAXDIGITS_DATA_DIR"
@@ -399,7 +399,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, name: str = "mnist") -
     tensorflow-datasets' download manager into TFDS's cache.
     """
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     folder = data_dir or default_data_dir(name)
     if folder is not None:
         return load_idx_folder(folder, name)

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from jaxdigits.core.errors import DataError
+from jaxdigits.core.errors import ConfigError, DataError
 
 # The datasets ``load_mnist`` knows by name; your own arrays may carry any name.
 DATASETS = ("mnist", "fashion_mnist")
@@ -101,9 +101,9 @@ class Dataset:
         if count == 0:
             return self
         if self.has_validation:
-            raise DataError(f"validation {count}: this dataset has validation arrays of its own; use validation 0")
+            raise ConfigError(f"validation {count}: this dataset has validation arrays of its own; use validation 0")
         if not 0 < count < len(self.train_images):
-            raise DataError(f"validation {count}: hold out fewer than the {len(self.train_images)} training images")
+            raise ConfigError(f"validation {count}: hold out fewer than the {len(self.train_images)} training images")
         keep = len(self.train_images) - count
         return dataclasses.replace(self, train_images=self.train_images[:keep], train_labels=self.train_labels[:keep],
                                    validation_images=self.train_images[keep:], validation_labels=self.train_labels[keep:])

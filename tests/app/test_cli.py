@@ -93,6 +93,8 @@ def exit_code(args) -> int:
         (["--hidden", "16,0"], "argument --hidden: 0 must be >= 1"),
         (["--hidden", "0,16"], "argument --hidden: 0 must be >= 1"),
         (["--epochs", "0"], "argument --epochs: 0 must be >= 1"),
+        (["--validation", "200"], "validation 200: hold out fewer than the 200 training images"),
+        (["--dataset", "cifar"], "unknown dataset 'cifar'; choose one of mnist, fashion_mnist"),
     ],
 )
 def test_invalid_flags_exit_2_before_anything_compiles(flags, message, tiny_data_dir, monkeypatch, capsys):

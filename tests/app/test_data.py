@@ -72,7 +72,7 @@ def test_idx_folder_loads_into_the_common_form(tmp_path, compress):
 def test_load_mnist_reads_the_env_folder(tiny_data_dir, monkeypatch):
     monkeypatch.setenv("JAXDIGITS_DATA_DIR", str(tiny_data_dir))
     assert len(jd.load_mnist().train_labels) == 200
-    with pytest.raises(jd.DataError, match="unknown dataset"):
+    with pytest.raises(jd.ConfigError, match="unknown dataset"):
         jd.load_mnist(name="cifar")
 
 

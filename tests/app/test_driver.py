@@ -131,10 +131,10 @@ def test_selection_without_a_split_and_a_split_too_large_are_refused_in_one_line
         jd.train(jd.TrainConfig(select="best", epochs=1), VALIDATION_DATA)
     with pytest.raises(jd.ConfigError, match="hold out a validation split"):
         jd.sweep(data=VALIDATION_DATA, patience=[2], epochs=1)
-    with pytest.raises(jd.DataError, match="validation 300: hold out fewer than the 300 training images"):
+    with pytest.raises(jd.ConfigError, match="validation 300: hold out fewer than the 300 training images"):
         jd.train(jd.TrainConfig(validation=300, epochs=1), VALIDATION_DATA)
     own = dataclasses.replace(VALIDATION_DATA, validation_images=VALIDATION_DATA.test_images, validation_labels=VALIDATION_DATA.test_labels)
-    with pytest.raises(jd.DataError, match="validation arrays of its own"):
+    with pytest.raises(jd.ConfigError, match="validation arrays of its own"):
         jd.train(jd.TrainConfig(validation=10, epochs=1), own)
 
 
