@@ -381,6 +381,10 @@ def default_data_dir(name: str = "mnist") -> Path | None:
     if not folder:
         return None
     if name == "mnist":
+        if not Path(folder).expanduser().is_dir():
+            problem = "is not a folder" if Path(folder).expanduser().exists() else "does not exist"
+            raise DataError(f"{DATA_DIR_ENV}={folder}: {problem}; set it to a folder with the four IDX files, "
+                            "or pass --data-dir DIR")
         return Path(folder).expanduser()
     sibling = Path(folder).expanduser().resolve().parent / name
     if not sibling.is_dir():

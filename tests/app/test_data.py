@@ -74,6 +74,10 @@ def test_load_mnist_reads_the_env_folder(tiny_data_dir, monkeypatch):
     assert len(jd.load_mnist().train_labels) == 200
     with pytest.raises(jd.ConfigError, match="unknown dataset"):
         jd.load_mnist(name="cifar")
+    monkeypatch.setenv("JAXDIGITS_DATA_DIR", str(tiny_data_dir / "missing"))
+    with pytest.raises(jd.DataError, match=r"^JAXDIGITS_DATA_DIR=.*missing: does not exist; set it to a folder"):
+        jd.load_mnist()
+    assert len(jd.load_mnist(tiny_data_dir).train_labels) == 200  # --data-dir wins over the variable
 
 
 def test_env_folder_is_mnist_and_other_datasets_are_looked_for_beside_it(tmp_path, monkeypatch):
