@@ -144,7 +144,8 @@ def _interrupted_message(args: argparse.Namespace, completed: int) -> str:
     command = ["jaxdigits", "train", "--out", str(args.out), "--resume"]
     if args.data_dir is not None:
         command += ["--data-dir", str(args.data_dir)]
-    return f"interrupted; epochs 1-{completed} are saved, resume with `{shlex.join(command)}`"
+    saved = "epoch 1 is saved" if completed == 1 else f"epochs 1-{completed} are saved"
+    return f"interrupted; {saved}, resume with `{shlex.join(command)}`"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -348,7 +349,10 @@ def run_command(argv: Sequence[str] | None) -> int:
     import warnings
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse reports these from the top parser; name the command's own help
+        parser.exit(2, f"jaxdigits {args.command}: error: unrecognized arguments: {' '.join(unknown)}; "
+                       f"see `jaxdigits {args.command} --help`\n")
     use_compilation_cache()
     if interrupts.requested():  # a signal while starting up
         interrupts.say("interrupted before it started; nothing was written")

@@ -74,8 +74,8 @@ def put_data(data: Dataset, mesh: Mesh, dtype: str = "float32") -> DeviceData:
 def check_selection(config: TrainConfig, data: Dataset) -> None:
     """``select="best"`` and ``patience`` choose on validation accuracy: refuse them without a split."""
     if (config.select == "best" or config.patience) and not data.has_validation:
-        raise ConfigError(f"select {config.select!r} and patience {config.patience} choose on validation accuracy; "
-                          "hold out a validation split (--validation N)")
+        chooser = f"select {config.select!r}" if config.select == "best" else f"patience {config.patience}"
+        raise ConfigError(f"{chooser} chooses on validation accuracy; hold out a validation split (--validation N)")
 
 
 class Start(NamedTuple):
