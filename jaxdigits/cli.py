@@ -125,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"diverged at epoch {epoch}; try a smaller {cause}{kept}", file=sys.stderr)
         return EXIT_DIVERGED
     record = result.record
-    saved_to = f", saved to {args.out}" if args.out else ""
+    saved_to = f", saved to {args.out}" if args.out else "; nothing saved (give --out DIR to keep the network)"
     if record["selected_validation_accuracy"] is not None:
         print(f"done ({record['status']}): epoch {record['selected_epoch']} kept ({config.select}): validation accuracy "
               f"{100 * record['selected_validation_accuracy']:.2f}%, test accuracy {100 * record['selected_test_accuracy']:.2f}%"

@@ -141,6 +141,14 @@ def test_train_flags_reach_the_config(tiny_data_dir, tmp_path, capsys):
     assert out_text.count("epoch ") == 2 and "done (ok): test accuracy" in out_text
 
 
+def test_train_without_out_says_that_nothing_was_saved(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--data-dir", str(tiny_data_dir), "--epochs", "1", "--batch-size", "20"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done (") and last.endswith("; nothing saved (give --out DIR to keep the network)")
+    assert [p.name for p in tmp_path.iterdir()] == [tiny_data_dir.name]  # the data alone
+
+
 # --- flag values, fuzzed, and ranges --------------------------------------------------------------
 
 
