@@ -106,6 +106,16 @@ def test_the_cli_page_names_every_config_field_as_its_flag(field):
         assert flag not in (DOCS / "cli.md").read_text(), f"docs/cli.md names {flag}, which is no flag"
 
 
+CHOICE_FIELDS = {f.name: f.metadata["setting"].choices for f in dataclasses.fields(jd.TrainConfig) if f.metadata["setting"].choices}
+
+
+@pytest.mark.parametrize("field", sorted(CHOICE_FIELDS))
+def test_the_cli_page_names_every_value_a_named_field_takes(field):
+    row = field_rows()[field]
+    missing = [name for name in CHOICE_FIELDS[field] if f"`{name}`" not in row]
+    assert not missing, f"docs/cli.md's row for {field} does not name {missing}"
+
+
 # links
 
 
