@@ -66,6 +66,12 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"search: validation {validation} (the last {validation} training images; --validation N to change)",
               file=sys.stderr)
     space = load_space(args.space, tuple(args.param))
+    both = sorted(set(space) & set(overrides))
+    if both:
+        from jaxdigits.core.errors import ConfigError
+
+        flags = ", ".join("--" + name.replace("_", "-") for name in both)
+        raise ConfigError(f"{flags}: set by a flag and searched by the space; drop the flag or the field's range")
     result = search(space, trials=args.trials, epochs=epochs, validation=validation, population=args.population,
                     sampler=args.sampler, pruner=args.pruner, out_dir=args.out, storage=args.storage, study=args.study,
                     base=TrainConfig().replace(**overrides), data_dir=args.data_dir,

@@ -70,7 +70,11 @@ def _range(field: str, kind: str, bounds: Any, text: bool) -> Dimension:
         raise ConfigError(f"search space: {field} is an integer; give it int = [low, high] or int_log = [low, high]")
     if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2):
         raise ConfigError(f"search space: {field}: {kind} takes [low, high]")
-    low, high = (coerce(field, b, text) for b in bounds)
+    try:
+        low, high = (coerce(field, b, text) for b in bounds)
+    except ConfigError as exc:
+        raise ConfigError(f"search space: {field} = {kind}:{bounds[0]}:{bounds[1]}: a bound the field refuses ({exc}); "
+                          "give bounds the field takes") from None
     if not low < high:
         raise ConfigError(f"search space: {field}: the range [{low:g}, {high:g}] is empty or inverted; give low < high")
     if kind in ("log", "int_log") and low <= 0:

@@ -155,6 +155,8 @@ def test_space_files_and_flags_say_the_same(tmp_path):
     (["--sampler", "grid"], "invalid choice"), (["--pruner", "median"], "invalid choice"),
     (["--param", "lr=log:3:1"], "empty or inverted"), (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "--storage"),
     (["--storage", "not a url"], "--storage"), (["--pbt-interval", "2"], "--pbt-interval is for --pruner pbt"),
+    (["--param", "lr=log:0:30"], "lr = log:0:30: a bound the field refuses (lr: 0.0 must be > 0)"),
+    (["--lr", "3"], "--lr: set by a flag and searched by the space; drop the flag or the field's range"),
 ])
 def test_bad_search_flags_exit_2_with_one_line(flags, message, tmp_path, data_dir):
     args = [sys.executable, "-m", "jaxdigits", "search", "--param", "lr=log:0.1:1", "--trials", "2", "--epochs", "1",
