@@ -354,14 +354,14 @@ class FolderLock:
 # Files that mark a folder as a training run's or a sweep's.
 RUN_MARKERS = ("params.safetensors", "checkpoint.safetensors", "run.json", "history.json")
 SWEEP_MARKERS = ("sweep.json", "results.jsonl")
-SEARCH_MARKERS = ("study.db", "trials")  # the study's default database, the best trials' networks
+SEARCH_MARKERS = ("study.db", "trials/trial-*.safetensors")  # the study's default database, its best networks
 KINDS = {"run": "a training run", "sweep": "a sweep", "search": "a search"}
 
 
 def folder_kind(folder: Path) -> str | None:
     """``"run"``, ``"sweep"``, ``"search"`` or ``None``: what jaxdigits output ``folder`` already holds."""
     for kind, markers in (("sweep", SWEEP_MARKERS), ("run", RUN_MARKERS), ("search", SEARCH_MARKERS)):
-        if any((folder / name).exists() for name in markers):
+        if any(next(folder.glob(pattern), None) is not None for pattern in markers):
             return kind
     return None
 

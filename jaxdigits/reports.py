@@ -728,7 +728,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
 def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None]:
     """``(records, problems, planned)`` of the sweep in ``folder``, every line of its results
     checked first (``sweep_folder.scan_results``); refused in one line when it is no sweep, has
-    nothing finished, holds a bad record, or ``out_dir`` holds a run or a sweep."""
+    nothing finished, holds a bad record, or ``out_dir`` holds a run, a sweep or a search."""
     from jaxdigits.files import KINDS, folder_kind
     from jaxdigits.records import RecordError
     from jaxdigits.sweep_folder import RESULTS_FILE, ResultsWarning, SweepFolder, scan_results

@@ -44,7 +44,7 @@ from jaxdigits.core.config import TrainConfig, program_key
 from jaxdigits.core.dataset import Dataset
 from jaxdigits.core.errors import ConfigError
 from jaxdigits.core.metrics import evaluate
-from jaxdigits.files import output_folder, refuse_other_kind
+from jaxdigits.files import refuse_other_kind
 from jaxdigits.interrupts import check
 from jaxdigits.search_space import Dimension, config_of, load_space, parse_space, perturb, perturbable
 from jaxdigits.study import SearchStudy
@@ -106,7 +106,7 @@ def search(space: dict | str | os.PathLike, data: Dataset | None = None, *, tria
     if trials < 1 or epochs < 1 or validation < 1:
         raise ConfigError("search: --trials, --epochs and --validation must be at least 1")
     pbt = pbt_settings(pruner, pbt_interval, dims)
-    refuse_other_kind(output_folder(out_dir), "search")  # before the data: a run's or sweep's folder is no study's
+    refuse_other_kind(Path(out_dir), "search")  # before the data: a run's or a sweep's folder is no study's
     data = data if data is not None else load_mnist(data_dir, base.dataset)
     base = base.replace(dataset=data.name, epochs=epochs, validation=validation, select="best", patience=0)
     held = data.held_out(validation)

@@ -73,8 +73,8 @@ def _range(field: str, kind: str, bounds: Any, text: bool) -> Dimension:
     try:
         low, high = (coerce(field, b, text) for b in bounds)
     except ConfigError as exc:
-        raise ConfigError(f"search space: {field} = {kind}:{bounds[0]}:{bounds[1]}: a bound the field refuses ({exc}); "
-                          "give bounds the field takes") from None
+        raise ConfigError(f"search space: {field}: the {kind} range [{bounds[0]}, {bounds[1]}] has a bound the field "
+                          f"refuses ({exc}); give bounds the field takes") from None
     if not low < high:
         raise ConfigError(f"search space: {field}: the range [{low:g}, {high:g}] is empty or inverted; give low < high")
     if kind in ("log", "int_log") and low <= 0:

@@ -3,6 +3,7 @@ fuzzed) before compiling, the sweep command, and how a run ends: Ctrl-C, SIGTERM
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import re
@@ -287,6 +288,13 @@ def test_ctrl_c_keeps_the_last_epoch_says_how_to_resume_and_exits_130(tmp_path, 
     assert straight.returncode == 0, straight.stderr
     assert_same_params(out / PARAMS_FILE, tmp_path / "straight" / PARAMS_FILE)
     assert measured(history(out)) == measured(history(tmp_path / "straight"))
+
+
+def test_the_interrupt_line_counts_the_saved_epochs():
+    args = argparse.Namespace(out=Path("runs/a"), data_dir=Path("data"))
+    resume = "resume with `jaxdigits train --out runs/a --resume --data-dir data`"
+    assert cli._interrupted_message(args, 1) == f"interrupted; epoch 1 is saved, {resume}"
+    assert cli._interrupted_message(args, 3) == f"interrupted; epochs 1-3 are saved, {resume}"
 
 
 def test_sigterm_stops_like_ctrl_c(tmp_path, slow_dir):

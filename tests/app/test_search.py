@@ -126,6 +126,11 @@ def test_a_search_and_a_run_or_sweep_never_share_a_folder(tmp_path):
         jd.train(BASE.replace(epochs=1), DATA, out_dir=tmp_path / "search", overwrite=True)
     with pytest.raises(jd.RunFolderError, match="holds a search, not a sweep"):
         jd.sweep(data=DATA, lr=[1.0], epochs=1, out_dir=tmp_path / "search")
+    (tmp_path / "mine" / "trials").mkdir(parents=True)  # a folder of one's own named trials marks no search
+    jd.train(BASE.replace(epochs=1), DATA, out_dir=tmp_path / "mine")
+    with pytest.raises(jd.ConfigError, match="hold out fewer"):  # a search refused leaves no folder behind
+        search(SPACE, DATA, trials=1, epochs=1, validation=len(DATA.train_images), out_dir=tmp_path / "never", base=BASE)
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -155,7 +160,7 @@ def test_space_files_and_flags_say_the_same(tmp_path):
     (["--sampler", "grid"], "invalid choice"), (["--pruner", "median"], "invalid choice"),
     (["--param", "lr=log:3:1"], "empty or inverted"), (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "--storage"),
     (["--storage", "not a url"], "--storage"), (["--pbt-interval", "2"], "--pbt-interval is for --pruner pbt"),
-    (["--param", "lr=log:0:30"], "lr = log:0:30: a bound the field refuses (lr: 0.0 must be > 0)"),
+    (["--param", "lr=log:0:30"], "lr: the log range [0, 30] has a bound the field refuses (lr: 0.0 must be > 0)"),
     (["--lr", "3"], "--lr: set by a flag and searched by the space; drop the flag or the field's range"),
 ])
 def test_bad_search_flags_exit_2_with_one_line(flags, message, tmp_path, data_dir):
