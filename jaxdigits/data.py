@@ -380,13 +380,14 @@ def default_data_dir(name: str = "mnist") -> Path | None:
     folder = os.environ.get(DATA_DIR_ENV)
     if not folder:
         return None
+    path = Path(folder).expanduser()
     if name == "mnist":
-        if not Path(folder).expanduser().is_dir():
-            problem = "is not a folder" if Path(folder).expanduser().exists() else "does not exist"
+        if not path.is_dir():
+            problem = "is not a folder" if path.exists() else "does not exist"
             raise DataError(f"{DATA_DIR_ENV}={folder}: {problem}; set it to a folder with the four IDX files, "
                             "or pass --data-dir DIR")
-        return Path(folder).expanduser()
-    sibling = Path(folder).expanduser().resolve().parent / name
+        return path
+    sibling = path.resolve().parent / name
     if not sibling.is_dir():
         raise DataError(
             f"{DATA_DIR_ENV} names the MNIST folder and there is no {name} folder beside it "

@@ -737,8 +737,9 @@ def read_sweep(folder: Path, out_dir) -> tuple[list[dict], list[str], int | None
         raise RunFolderError(f"{folder}: no such sweep folder; give the --out folder of a `jaxdigits sweep`")
     if folder_kind(folder) == "run":
         raise RunFolderError(f"{folder} holds a training run, not a sweep; use `jaxdigits report` for it")
-    if out_dir is not None and Path(out_dir).is_dir() and folder_kind(Path(out_dir)) is not None:
-        raise RunFolderError(f"{out_dir} holds {KINDS[folder_kind(Path(out_dir))]}; give the report a folder of its own")
+    held = folder_kind(Path(out_dir)) if out_dir is not None else None
+    if held is not None:
+        raise RunFolderError(f"{out_dir} holds {KINDS[held]}; give the report a folder of its own")
     path = folder / RESULTS_FILE
     if not path.is_file() or not path.stat().st_size:
         raise RunFolderError(f"{folder}: no finished configurations in {RESULTS_FILE} yet; "
